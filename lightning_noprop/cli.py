@@ -1,0 +1,45 @@
+"""The command line: `python main.py {fit,validate,test,predict} --config configs/<name>.yaml`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_noprop.data import ImageDataModule
+from lightning_noprop.module import LocalLearningModule
+
+
+class NoPropCLI(LightningCLI):
+    """LightningCLI with the data's class count and image shape linked into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+
+
+def default_precision() -> str:
+    """bf16-mixed where the GPU supports it (no GradScaler needed), else full precision."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def trainer_defaults() -> dict[str, Any]:
+    return {
+        "precision": default_precision(),
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "logs"}},
+        "plugins": [{"class_path": "lightning_noprop.checkpointing.AtomicCheckpointIO"}],
+    }
+
+
+def main(args: Any = None, run: bool = True) -> NoPropCLI:
+    return NoPropCLI(
+        LocalLearningModule,
+        ImageDataModule,
+        auto_configure_optimizers=False,
+        trainer_defaults=trainer_defaults(),
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,58 @@
+"""The maths of NoProp's label-noising process, shared by the NoProp strategies.
+
+Time runs from noise (t = 0) to clean (t = T or 1); alpha_bar increases with t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def sample_q(u: Tensor, alpha_bar: Tensor) -> Tensor:
+    """Draw z ~ q(z | y) = N(sqrt(alpha_bar) u_y, (1 - alpha_bar) I)  (Eq. 6).
+
+    u: (B, d) clean embeddings; alpha_bar: scalar or (B,) (one time per sample). Returns (B, d).
+    """
+    alpha_bar = alpha_bar.reshape(-1, 1) if alpha_bar.dim() == 1 else alpha_bar
+    return alpha_bar.sqrt() * u + (1.0 - alpha_bar).sqrt() * torch.randn_like(u)
+
+
+def kl_to_standard_normal(u: Tensor, alpha_bar_0: Tensor) -> Tensor:
+    """KL( q(z_0 | y) || N(0, I) ) per sample, (B,), for u: (B, d).
+
+    = 0.5 [alpha_bar_0 ||u||^2 - d alpha_bar_0 - d log(1 - alpha_bar_0)]  (the KL term of Eq. 8).
+    """
+    d = u.shape[-1]
+    return 0.5 * (alpha_bar_0 * u.pow(2).sum(-1) - d * alpha_bar_0 - d * torch.log1p(-alpha_bar_0))
+
+
+@dataclass
+class PosteriorCoefficients:
+    """Coefficients of q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I), the update of Eq. 3.
+
+    Each tensor has one entry per step t = 1..T (index t - 1).
+    """
+
+    a: Tensor
+    b: Tensor
+    c: Tensor
+
+
+def posterior_coefficients(alpha_bar: Tensor) -> PosteriorCoefficients:
+    """a_t, b_t, c_t for a grid alpha_bar of shape (T + 1,), alpha_bar[0] the noisiest.
+
+    With alpha_{t-1} = alpha_bar_{t-1} / alpha_bar_t:
+      a_t = sqrt(alpha_bar_t) (1 - alpha_{t-1}) / (1 - alpha_bar_{t-1})
+      b_t = sqrt(alpha_{t-1}) (1 - alpha_bar_t) / (1 - alpha_bar_{t-1})
+      c_t = (1 - alpha_bar_t) (1 - alpha_{t-1}) / (1 - alpha_bar_{t-1})
+    """
+    assert alpha_bar.dim() == 1 and alpha_bar.numel() >= 2, f"alpha_bar must be (T+1,), got {tuple(alpha_bar.shape)}"
+    prev, cur = alpha_bar[:-1], alpha_bar[1:]
+    alpha_prev = prev / cur
+    a = cur.sqrt() * (1.0 - alpha_prev) / (1.0 - prev)
+    b = alpha_prev.sqrt() * (1.0 - cur) / (1.0 - prev)
+    c = (1.0 - cur) * (1.0 - alpha_prev) / (1.0 - prev)
+    return PosteriorCoefficients(a=a, b=b, c=c)

@@ -1,0 +1,277 @@
+"""The one LightningModule: manual optimization with one optimizer per block plus one for shared parameters."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor
+from torch.optim import AdamW, Optimizer
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature
+from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
+from lightning_noprop.trainer_checks import check_trainer_supports
+
+
+def paper_adamw(params: Any) -> Optimizer:
+    """AdamW(lr=1e-3, weight_decay=1e-3): the optimizer of the paper's Table 3 for NoProp-DT and backprop."""
+    return AdamW(params, lr=1e-3, weight_decay=1e-3)
+
+
+class LocalLearningModule(LightningModule):
+    """Trains any ``Strategy`` with one optimizer per block (plus one for the shared head/embedding).
+
+    Args:
+        strategy: the method (NoPropDT, Backprop, ...), chosen with ``class_path``.
+        num_classes: number of classes; linked from the data module by the CLI.
+        image_shape: (C, H, W) of the images; linked from the data module by the CLI.
+        optimizer: optimizer factory applied to each block's parameters and to the shared ones separately
+            (default: AdamW lr 1e-3, weight decay 1e-3, as the paper).
+        lr_scheduler: optional scheduler factory, one scheduler per optimizer, stepped by the module.
+        lr_scheduler_interval: step the schedulers every "epoch" or every training "step" (batch).
+        backward_mode: "joint" sums the block losses for one backward and steps every block (fastest; works
+            with plain DDP and bf16); "per_block" runs forward, backward and step one block at a time and
+            frees each graph before the next (lowest memory). Both give the same updates.
+        block_order: "every_batch" trains every block on every batch, so one epoch = every block sees the
+            data once; "sequential" is the paper's Algorithm 1: epoch e trains only block e mod num_blocks,
+            so one paper epoch = num_blocks Lightning epochs (set max_epochs accordingly).
+        gradient_clip_val: clip each optimizer's gradient norm to this value (per block); None disables.
+            Use this, not Trainer(gradient_clip_val), which manual optimization rejects.
+        train_accuracy_every_n_steps: run full inference on the training batch every n batches to log
+            train/acc (0 disables; inference costs about a third of a training step).
+        nonfinite_loss: "error" stops with a message naming the block when a local loss is NaN/inf; "skip"
+            skips that block's update for the batch (logged as train/skipped_updates).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        num_classes: int = 10,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        optimizer: OptimizerCallable = paper_adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        backward_mode: Literal["joint", "per_block"] = "joint",
+        block_order: Literal["every_batch", "sequential"] = "every_batch",
+        gradient_clip_val: float | None = None,
+        train_accuracy_every_n_steps: int = 50,
+        nonfinite_loss: Literal["error", "skip"] = "error",
+    ) -> None:
+        super().__init__()
+        # Under the CLI the hparams are the parsed config (class paths), which rebuild the model on load;
+        # outside it, the objects themselves cannot be stored in a weights-only checkpoint.
+        under_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if under_cli else ["strategy", "optimizer", "lr_scheduler"])
+        self.automatic_optimization = False
+        for name, value in {"backward_mode": (backward_mode, ("joint", "per_block")),
+                            "block_order": (block_order, ("every_batch", "sequential")),
+                            "lr_scheduler_interval": (lr_scheduler_interval, ("epoch", "step")),
+                            "nonfinite_loss": (nonfinite_loss, ("error", "skip"))}.items():  # fmt: skip
+            if value[0] not in value[1]:
+                raise ValueError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
+        if gradient_clip_val is not None and gradient_clip_val <= 0:
+            raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
+        strategy.build(num_classes, image_shape)
+        self.strategy = strategy
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self._rng_before_validation: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------------------------- setup
+    @property
+    def num_optimizers(self) -> int:
+        return self.strategy.num_local_losses + (1 if self.strategy.shared_parameters() else 0)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
+                               self.strategy.num_local_losses)  # fmt: skip
+        if self.strategy.requires_data_init:
+            datamodule = self.trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "training_images"):
+                raise ValueError(
+                    f"{self.strategy.describe()['strategy']} needs the training images to initialise its embedding; "
+                    "use lightning_noprop.data.ImageDataModule (or a data module with `training_images()`)."
+                )
+            self.strategy.initialize_from_data(*datamodule.training_images())
+
+    def configure_optimizers(self) -> Any:
+        groups = [self.strategy.block_parameters(i) for i in range(self.strategy.num_local_losses)]
+        shared = self.strategy.shared_parameters()
+        _check_partition(self.strategy, groups + [shared])
+        optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
+        if self.lr_scheduler_factory is None:
+            return optimizers
+        schedulers = [self.lr_scheduler_factory(optimizer) for optimizer in optimizers]
+        if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
+            raise ValueError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
+                             "that steps on its own (CosineAnnealingLR, StepLR, ...).")  # fmt: skip
+        return optimizers, schedulers
+
+    def _optimizers(self) -> list:
+        optimizers = self.optimizers()
+        return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+
+    def _schedulers(self) -> list:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
+
+    # -------------------------------------------------------------------------------------------- training
+    def active_blocks(self) -> list[int]:
+        """The blocks trained in the current epoch (all, or one under ``block_order="sequential"``)."""
+        if self.hparams.block_order == "sequential":
+            return [self.current_epoch % self.strategy.num_local_losses]
+        return list(range(self.strategy.num_local_losses))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        optimizers = self._optimizers()
+        shared = optimizers[self.strategy.num_local_losses] if len(optimizers) > self.strategy.num_local_losses else None
+        blocks = self.active_blocks()
+        if shared is not None:
+            shared.zero_grad()
+        if self.hparams.backward_mode == "joint":
+            results = list(self.strategy.local_losses(x, y, blocks))
+            # One device sync per batch; inspect the blocks one by one only when something is off.
+            all_finite = bool(torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
+            finite = results if all_finite else [r for r in results if self._is_finite(r)]
+            for r in finite:
+                optimizers[r.block].zero_grad()
+            if finite:
+                self.manual_backward(torch.stack([r.loss for r in finite]).sum())
+            for r in finite:
+                optimizers[r.block].step()
+        else:
+            results = []
+            for r in self.strategy.local_losses(x, y, blocks):
+                if self._is_finite(r):
+                    optimizers[r.block].zero_grad()
+                    self.manual_backward(r.loss)
+                    optimizers[r.block].step()
+                # Keep only the value: holding the loss would keep its graph alive past the next block.
+                results.append(BlockLoss(r.block, r.loss.detach(), r.terms))
+        if shared is not None:
+            shared.step()
+        if self.hparams.lr_scheduler_interval == "step":
+            for scheduler in self._schedulers():
+                scheduler.step()
+        self._log_losses("train", results)
+        every = self.hparams.train_accuracy_every_n_steps
+        if every and batch_idx % every == 0:
+            self._log_accuracy("train", self.train_accuracy, self._predict_in_eval_mode(x), y)
+
+    def _is_finite(self, result: BlockLoss) -> bool:
+        if bool(torch.isfinite(result.loss)):
+            return True
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
+        if self.hparams.nonfinite_loss == "error":
+            raise FloatingPointError(
+                f"Non-finite loss {result.loss.item()} for block {result.block} at epoch {self.current_epoch}, "
+                f"batch step {self.trainer.fit_loop.epoch_loop._batches_that_stepped} ({terms}). Lower the learning "
+                "rate, set model.gradient_clip_val, use precision 32-true, or set model.nonfinite_loss=skip."
+            )
+        self.log("train/skipped_updates", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        return False
+
+    def _predict_in_eval_mode(self, x: Tensor) -> Prediction:
+        self.strategy.eval()
+        try:
+            with torch.no_grad():
+                return self.strategy.predict(x)
+        finally:
+            self.strategy.train()
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.lr_scheduler_interval == "epoch":
+            for scheduler in self._schedulers():
+                scheduler.step()
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # Called inside optimizer.step(), after the precision plugin unscaled the gradients (LIGHTNING.md).
+        if self.hparams.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")  # fmt: skip
+
+    # ---------------------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("val", self.val_accuracy, batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("test", self.test_accuracy, batch)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Prediction:
+        return self.strategy.predict(batch[0])
+
+    def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        results = list(self.strategy.local_losses(x, y, range(self.strategy.num_local_losses)))
+        self._log_losses(stage, results, per_block=False)
+        self._log_accuracy(stage, metric, self.strategy.predict(x), y)
+
+    def _log_losses(self, stage: str, results: list[BlockLoss], per_block: bool = True) -> None:
+        if not results:
+            return
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", torch.stack([r.loss.detach() for r in results]).sum(), prog_bar=True,
+                 on_step=on_step, on_epoch=True)  # fmt: skip
+        if per_block:
+            for r in results:
+                self.log(f"{stage}/block_{r.block}/loss", r.loss.detach(), on_step=on_step, on_epoch=True)
+        for key in results[0].terms:
+            self.log(f"{stage}/{key}", torch.stack([r.terms[key] for r in results]).mean(), on_step=on_step,
+                     on_epoch=True)  # fmt: skip
+
+    def _log_accuracy(self, stage: str, metric: MulticlassAccuracy, prediction: Prediction, y: Tensor) -> None:
+        assert prediction.logits.shape == (y.shape[0], self.strategy.num_classes), (
+            f"logits must be (B, {self.strategy.num_classes}), got {tuple(prediction.logits.shape)}"
+        )
+        metric(prediction.logits, y)
+        self.log(f"{stage}/acc", metric, prog_bar=True, on_step=stage == "train", on_epoch=True)
+
+    # Validation draws noise from the global RNG; running it on a snapshot keeps the training stream the
+    # same whether or not (and how often) validation runs, so a resumed run continues identically.
+    def on_validation_epoch_start(self) -> None:
+        self._rng_before_validation = _collect_rng_states(include_cuda=torch.cuda.is_available())
+
+    def on_validation_epoch_end(self) -> None:
+        if self._rng_before_validation is not None:
+            _set_rng_states(self._rng_before_validation)
+            self._rng_before_validation = None
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lightning_noprop"] = checkpoint_signature(self)
+        checkpoint["lightning_noprop"]["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_matches(self, checkpoint)
+        rng_states = checkpoint["lightning_noprop"].get("rng_states")
+        if rng_states is not None:
+            _set_rng_states(rng_states)
+
+
+def _check_partition(strategy: Strategy, groups: list[list[torch.nn.Parameter]]) -> None:
+    """Every trainable parameter must belong to exactly one optimizer group (a strategy bug otherwise)."""
+    seen: dict[int, int] = {}
+    for group in groups:
+        for p in group:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    trainable = [name for name, p in strategy.named_parameters() if p.requires_grad]
+    missing = [name for name, p in strategy.named_parameters() if p.requires_grad and id(p) not in seen]
+    repeated = [name for name, p in strategy.named_parameters() if seen.get(id(p), 0) > 1]
+    if missing or repeated:
+        raise RuntimeError(
+            f"{type(strategy).__name__}: its parameter groups must cover each of its {len(trainable)} trainable "
+            f"parameters exactly once; missing {missing[:5]}, repeated {repeated[:5]}."
+        )

@@ -1,0 +1,96 @@
+"""The NoProp-DT denoising block of the paper's Fig. 6."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class ConvEncoder(nn.Sequential):
+    """conv3x3 32 -> ReLU -> maxpool2 -> dropout -> conv3x3 64 -> ReLU -> dropout -> conv3x3 128 -> ReLU
+    -> maxpool2 -> dropout -> flatten -> FC ``out_features`` -> BatchNorm (``batch_norm``) or ReLU.
+
+    Padding 1 keeps the spatial size through each conv (spec: flatten is 128x7x7 for 28x28 inputs,
+    128x8x8 for 32x32). Input (B, C, H, W), output (B, out_features).
+    """
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], out_features: int = 256, dropout: float = 0.2, batch_norm: bool = True
+    ) -> None:
+        channels, height, width = image_shape
+        flat = 128 * (height // 4) * (width // 4)
+        super().__init__(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Flatten(), nn.Linear(flat, out_features),
+            nn.BatchNorm1d(out_features) if batch_norm else nn.ReLU(),
+        )  # fmt: skip
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.shape[1:] == self.image_shape, f"expected images of shape (B, *{self.image_shape}), got {tuple(x.shape)}"
+        return super().forward(x)
+
+
+def _fc_bn(in_features: int, out_features: int, relu: bool = True) -> list[nn.Module]:
+    return [nn.Linear(in_features, out_features), nn.BatchNorm1d(out_features)] + ([nn.ReLU()] if relu else [])
+
+
+class LabelEncoder(nn.Module):
+    """z branch of Fig. 6: h = ReLU(BN(FC z)); out = h + BN(FC ReLU(BN(FC h))). (B, d) -> (B, width)."""
+
+    def __init__(self, embedding_dim: int, width: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(*_fc_bn(embedding_dim, width))
+        self.residual = nn.Sequential(*_fc_bn(width, width), *_fc_bn(width, width, relu=False))
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.embed(z)
+        return h + self.residual(h)
+
+
+class DenoisingBlock(nn.Module):
+    """u_hat_t(z_{t-1}, x) of NoProp-DT (Fig. 6), returning the logits whose softmax mixes W_Embed.
+
+    Args:
+        image_shape: (C, H, W) of the input images.
+        num_classes: m, the size of the logits.
+        embedding_dim: d, the size of z.
+        z_shape: when the embedding is image-shaped (prototypes), z is reshaped to this (C, H, W) and goes
+            through its own convolutional encoder instead of the FC label branch.
+        dropout: dropout of the convolutional encoders (paper: 0.2).
+        width: hidden width of the encoders and of the fusion MLP (paper: 256).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        embedding_dim: int,
+        z_shape: tuple[int, ...] | None = None,
+        dropout: float = 0.2,
+        width: int = 256,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.image_encoder = ConvEncoder(image_shape, width, dropout)
+        if z_shape is not None:
+            assert math.prod(z_shape) == embedding_dim, f"z_shape {z_shape} does not hold {embedding_dim} values"
+            self.z_shape = tuple(z_shape)
+            self.label_encoder = nn.Sequential(nn.Unflatten(1, self.z_shape), ConvEncoder(self.z_shape, width, dropout))
+        else:
+            self.z_shape = None
+            self.label_encoder = LabelEncoder(embedding_dim, width)
+        self.fuse = nn.Sequential(*_fc_bn(2 * width, width), *_fc_bn(width, 128), nn.Linear(128, num_classes))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """x: (B, C, H, W), z: (B, d) -> logits (B, m)."""
+        assert z.dim() == 2 and z.shape[1] == self.embedding_dim, (
+            f"z must be (B, {self.embedding_dim}), got {tuple(z.shape)}"
+        )
+        assert x.shape[0] == z.shape[0], f"batch sizes differ: x {x.shape[0]}, z {z.shape[0]}"
+        return self.fuse(torch.cat([self.image_encoder(x), self.label_encoder(z)], dim=1))
+

@@ -1,0 +1,88 @@
+"""The end-to-end backprop baseline with NoProp-DT's architecture (spec NOPROP.md, "DT-matched")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_noprop.nn.blocks import DenoisingBlock
+from lightning_noprop.nn.embeddings import ClassEmbedding
+from lightning_noprop.nn.heads import Head
+from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
+
+
+class Backprop(EmbeddingStrategy):
+    """The same T blocks, embedding and head as NoProp-DT, chained and trained end to end with one CE loss:
+
+        z_0 ~ N(0, I);  z_t = (1 - a_t) z_{t-1} + a_t u_hat_t(z_{t-1}, x);  logits = head(z_T)
+
+    with u_hat_t = softmax(logits_t) @ W_Embed and a_t = tanh(w_t) learnable. All blocks form one local
+    loss (one optimizer), plus the shared head/embedding optimizer, so comparisons with NoProp-DT differ
+    only in how the same parameters are trained.
+
+    Args:
+        num_blocks: T, the number of blocks (paper: 10).
+        embedding: class embedding W_Embed; None means one-hot.
+        head: output head; None means the softmax head.
+        dropout: dropout in each block's convolutional encoders (paper: 0.2).
+        width: hidden width of each block (paper: 256).
+        mixing_init: a_t = tanh(w_t) at initialisation, in (0, 1) (the paper does not say; 0.5 lets every
+            block contribute from the first step).
+    """
+
+    def __init__(
+        self,
+        num_blocks: int = 10,
+        embedding: ClassEmbedding | None = None,
+        head: Head | None = None,
+        dropout: float = 0.2,
+        width: int = 256,
+        mixing_init: float = 0.5,
+    ) -> None:
+        super().__init__(embedding, head)
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}.")
+        if not 0.0 < mixing_init < 1.0:
+            raise ValueError(f"mixing_init must be in (0, 1), got {mixing_init}.")
+        self.num_blocks = num_blocks
+        self.dropout = dropout
+        self.width = width
+        self.mixing_init = mixing_init
+
+    def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+        self.blocks = nn.ModuleList(
+            DenoisingBlock(image_shape, num_classes, self.embedding.dim, self.embedding.z_shape, self.dropout, self.width)
+            for _ in range(self.num_blocks)
+        )
+        self.mixing_logits = nn.Parameter(torch.full((self.num_blocks,), math.atanh(self.mixing_init)))
+
+    @property
+    def num_local_losses(self) -> int:
+        return 1
+
+    def block_parameters(self, block: int) -> list[nn.Parameter]:
+        assert block == 0, f"Backprop has a single local loss, got block {block}"
+        return list(self.blocks.parameters()) + [self.mixing_logits]
+
+    def forward(self, x: Tensor) -> Prediction:
+        """The full chain, differentiable end to end. x: (B, C, H, W) -> logits (B, m)."""
+        embedding = self.embedding.weight
+        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=embedding.dtype)
+        mixing = torch.tanh(self.mixing_logits)
+        for t, block in enumerate(self.blocks):
+            z = (1.0 - mixing[t]) * z + mixing[t] * (block(x, z).softmax(dim=-1) @ embedding)
+        return Prediction(logits=self.head(z, embedding), z=z)
+
+    def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
+        for block in blocks:
+            assert block == 0, f"Backprop has a single local loss, got block {block}"
+            ce = F.cross_entropy(self(x).logits, y)
+            yield BlockLoss(block=0, loss=ce, terms={"ce": ce.detach()})
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Prediction:
+        return self(x)

@@ -1,0 +1,154 @@
+"""The strategy interface: what every local-learning method implements.
+
+A strategy owns the maths: it builds the blocks, returns one local loss per block for a batch, and
+predicts. The LightningModule owns the mechanics: one optimizer per block (plus one for the shared
+parameters), backward, stepping, clipping, logging. A strategy never touches an optimizer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_noprop.nn.embeddings import ClassEmbedding, OneHotEmbedding
+from lightning_noprop.nn.heads import Head, SoftmaxHead
+
+
+@dataclass
+class BlockLoss:
+    """The local loss of one block for one batch.
+
+    Attributes:
+        block: index of the block (and of its optimizer) that this loss trains, in [0, num_local_losses).
+        loss: scalar tensor to back-propagate.
+        terms: detached scalar parts of the loss, for logging (e.g. ``{"ce": ..., "kl": ...}``).
+    """
+
+    block: int
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """A strategy's prediction for a batch of B images.
+
+    Attributes:
+        logits: (B, m) class scores; ``argmax`` is the predicted class.
+        z: (B, d) the final label-space state (z_T, z_1) for embedding-based strategies, else None.
+    """
+
+    logits: Tensor
+    z: Tensor | None = None
+
+
+class Strategy(nn.Module, ABC):
+    """A local-learning method. Subclasses take only hyperparameters in ``__init__`` (so YAML can choose
+    them with ``class_path``) and create their layers in ``_build`` once the data's shape is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes: int | None = None
+        self.image_shape: tuple[int, int, int] | None = None
+
+    def build(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+        """Create every layer for ``num_classes`` classes and images of shape (C, H, W)."""
+        if self.num_classes is not None:
+            raise RuntimeError(f"{type(self).__name__} is already built; use a fresh instance per model.")
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}.")
+        self.num_classes, self.image_shape = int(num_classes), image_shape
+        self._build(self.num_classes, image_shape)
+
+    @abstractmethod
+    def _build(self, num_classes: int, image_shape: tuple[int, int, int]) -> None: ...
+
+    @property
+    @abstractmethod
+    def num_local_losses(self) -> int:
+        """How many independent local losses (and so block optimizers) the method has."""
+
+    @abstractmethod
+    def block_parameters(self, block: int) -> list[nn.Parameter]:
+        """The parameters trained by local loss ``block`` alone."""
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by every local loss (head, learned embedding); may be empty."""
+        return []
+
+    @abstractmethod
+    def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
+        """Yield the local loss of each block in ``blocks``, in order, for images x (B, C, H, W), labels y (B,).
+
+        A generator, so the module can back-propagate and step each block before the next is computed
+        (``backward_mode="per_block"``) or collect them all for one backward (``"joint"``). The two must
+        give the same parameter updates: a loss may not depend on the parameters of another block.
+        """
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Prediction:
+        """Class scores for images x (B, C, H, W)."""
+
+    @property
+    def requires_data_init(self) -> bool:
+        """True when ``initialize_from_data`` must see the training split before training starts."""
+        return False
+
+    def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:
+        """Data-dependent initialisation from the training split (images (N, C, H, W) normalised, labels
+        (N,)), called once at the start of fit when ``requires_data_init``."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be loaded into this model (compared on load)."""
+        return {
+            "strategy": type(self).__name__,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "num_local_losses": self.num_local_losses,
+        }
+
+
+class EmbeddingStrategy(Strategy, ABC):
+    """Base of the methods that denoise a class embedding (NoProp-DT/CT/FM and their backprop baseline):
+    holds the class embedding W_Embed and the output head, the parameters every block shares.
+
+    Args:
+        embedding: class embedding; None means one-hot (the paper's default).
+        head: output head; None means the softmax head.
+    """
+
+    def __init__(self, embedding: ClassEmbedding | None = None, head: Head | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding if embedding is not None else OneHotEmbedding()
+        self.head = head if head is not None else SoftmaxHead()
+
+    def _build(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+        self.embedding.build(num_classes, image_shape)
+        self.head.build(num_classes, self.embedding.dim)
+        self._build_blocks(num_classes, image_shape)
+
+    @abstractmethod
+    def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None: ...
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters()) + (list(self.embedding.parameters()) if self.embedding.learned else [])
+
+    @property
+    def requires_data_init(self) -> bool:
+        return self.embedding.requires_data_init
+
+    def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:
+        self.embedding.initialize_from_data(images, labels)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "embedding": type(self.embedding).__name__,
+            "embedding_dim": self.embedding.dim,
+            "head": type(self.head).__name__,
+        }
