@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -13,7 +12,7 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature
+from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
 from lightning_noprop.trainer_checks import check_trainer_supports
 
@@ -242,23 +241,23 @@ class LocalLearningModule(LightningModule):
     # Validation draws noise from the global RNG; running it on a snapshot keeps the training stream the
     # same whether or not (and how often) validation runs, so a resumed run continues identically.
     def on_validation_epoch_start(self) -> None:
-        self._rng_before_validation = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        self._rng_before_validation = rng_states()
 
     def on_validation_epoch_end(self) -> None:
         if self._rng_before_validation is not None:
-            _set_rng_states(self._rng_before_validation)
+            set_rng_states(self._rng_before_validation)
             self._rng_before_validation = None
 
     # --------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lightning_noprop"] = checkpoint_signature(self)
-        checkpoint["lightning_noprop"]["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        checkpoint["lightning_noprop"]["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_matches(self, checkpoint)
-        rng_states = checkpoint["lightning_noprop"].get("rng_states")
-        if rng_states is not None:
-            _set_rng_states(rng_states)
+        saved_rng = checkpoint["lightning_noprop"].get("rng_states")
+        if saved_rng is not None:
+            set_rng_states(saved_rng)
 
 
 def _check_partition(strategy: Strategy, groups: list[list[torch.nn.Parameter]]) -> None:

@@ -1,0 +1,34 @@
+"""Shared fixtures. The real MNIST data lives in ../shared/datasets (or $LIGHTNING_NOPROP_DATA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("LIGHTNING_NOPROP_DATA", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The folder holding MNIST/raw; skips when absent, except under CI where absence is a failure."""
+    root = _data_root()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        message = f"MNIST not found under {root}/MNIST/raw (set LIGHTNING_NOPROP_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI requires it.")
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

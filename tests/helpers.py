@@ -1,0 +1,38 @@
+"""Tiny end-to-end setups for module and CLI tests."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from lightning_noprop.data import ImageDataModule
+from lightning_noprop.module import LocalLearningModule
+from lightning_noprop.strategies import NoPropDT
+
+
+def synthetic_data(**kwargs) -> ImageDataModule:
+    options = {"dataset": "mnist", "synthetic": True, "synthetic_size": 96, "val_size": 32, "batch_size": 16}
+    return ImageDataModule(**{**options, **kwargs})
+
+
+def tiny_module(seed: int = 0, strategy=None, **kwargs) -> LocalLearningModule:
+    seed_everything(seed, verbose=False)
+    strategy = strategy if strategy is not None else NoPropDT(num_blocks=3, width=16)
+    options = {"train_accuracy_every_n_steps": 0, "optimizer": partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-3)}
+    return LocalLearningModule(strategy, num_classes=10, image_shape=(1, 28, 28), **{**options, **kwargs})
+
+
+def trainer(tmp_path=None, **kwargs) -> Trainer:
+    options = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+        "default_root_dir": tmp_path,
+    }
+    return Trainer(**{**options, **kwargs})

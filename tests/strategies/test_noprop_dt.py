@@ -1,0 +1,124 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_noprop.nn import LearnedEmbedding, PosteriorHead, PrototypeEmbedding
+from lightning_noprop.strategies import NoPropDT
+
+from .helpers import IMAGE_SHAPE, batch, tiny_dt
+
+
+def _grad_norms(strategy):
+    return [sum((p.grad.abs().sum().item() if p.grad is not None else 0.0) for p in b.parameters()) for b in strategy.blocks]
+
+
+@pytest.mark.parametrize("block", [0, 1, 2])
+def test_block_loss_trains_only_its_block_head_and_embedding(block):
+    strategy = tiny_dt(embedding=LearnedEmbedding(dim=6))
+    x, y = batch()
+    (loss,) = strategy.local_losses(x, y, [block])
+    loss.loss.backward()
+    norms = _grad_norms(strategy)
+    assert norms[block] > 0
+    assert all(n == 0 for i, n in enumerate(norms) if i != block), f"gradient leaked into other blocks: {norms}"
+    assert strategy.head.linear.weight.grad.abs().sum() > 0
+    assert strategy.embedding.weight.grad.abs().sum() > 0
+
+
+def test_eq8_loss_value():
+    """L_t = CE(head(z_T), y) + KL(q(z_0|y)||N(0,I)) + (T/2) eta (SNR(t) - SNR(t-1)) ||u_hat - u_y||^2."""
+    strategy = tiny_dt(num_blocks=4, embedding=LearnedEmbedding(dim=5), eta=0.3).eval()  # eval: no dropout RNG
+    x, y = batch()
+    t = 2  # code index 2 = the paper's block 3, conditioned on z_2
+    torch.manual_seed(1)
+    got = strategy.block_loss(x, y, t)
+    torch.manual_seed(1)
+    eps_prev, eps_T = torch.randn(6, 5), torch.randn(6, 5)
+    W = strategy.embedding.weight
+    u = W[y]
+    ab = strategy.noise_schedule.alpha_bar(torch.linspace(0, 1, 5))
+    snr = ab / (1 - ab)
+    z_prev = ab[t].sqrt() * u + (1 - ab[t]).sqrt() * eps_prev
+    u_hat = strategy.blocks[t](x, z_prev).softmax(-1) @ W
+    denoise = (4 / 2) * 0.3 * (snr[t + 1] - snr[t]) * ((u_hat - u) ** 2).sum(-1).mean()
+    z_T = ab[4].sqrt() * u + (1 - ab[4]).sqrt() * eps_T
+    ce = F.cross_entropy(strategy.head.linear(z_T), y)
+    kl = (0.5 * (ab[0] * (u**2).sum(-1) - 5 * ab[0] - 5 * torch.log(1 - ab[0]))).mean()
+    assert torch.allclose(got.loss, ce + kl + denoise, rtol=1e-5)
+    assert torch.allclose(got.terms["denoise"], denoise, rtol=1e-5)
+
+
+def test_loss_weights_positive_finite_and_last_is_about_5000():
+    strategy = tiny_dt(num_blocks=10)
+    weights = strategy.loss_weights()
+    assert torch.isfinite(weights).all() and (weights > 0).all()
+    assert 4000 < weights[-1] < 6000, "spec: the last block's weight is ~5000 with alpha_bar_T = 0.9999"
+
+
+def _oracle(strategy, y):
+    """Replace every block by the perfect denoiser u_hat = u_y."""
+    strategy.denoise = lambda t, x, z, W: W[y]  # noqa: E731
+
+
+@pytest.mark.parametrize("noise", [True, False])
+def test_eq3_inference_with_perfect_blocks_lands_on_the_class_embedding(noise):
+    strategy = tiny_dt(num_blocks=10, num_classes=4, inference_noise=noise).eval()
+    x, y = batch(200)
+    _oracle(strategy, y)
+    z = strategy.predict(x).z
+    expected_mean = strategy.alpha_bar()[-1].sqrt() * strategy.embedding.weight[y]
+    # z_T = sqrt(alpha_bar_T) u_y + prod(b_t) z_0 (+ noise of variance ~ 1 - alpha_bar_T); prod(b_t) ~ 0.
+    assert torch.allclose(z, expected_mean, atol=0.1 if noise else 1e-3)
+    assert (torch.cdist(z, strategy.embedding.weight).argmin(1) == y).all()
+
+
+def test_noise_free_inference_is_deterministic_given_z0():
+    strategy = tiny_dt().eval()
+    strategy.inference_noise = False
+    x, _ = batch()
+    torch.manual_seed(3)
+    first = strategy.predict(x).logits
+    torch.manual_seed(3)
+    assert torch.equal(first, strategy.predict(x).logits)
+
+
+def test_anytime_prediction_stops_after_k_blocks():
+    strategy = tiny_dt(num_blocks=3).eval()
+    x, _ = batch()
+    calls = []
+    original = strategy.denoise
+    strategy.denoise = lambda t, *a: calls.append(t) or original(t, *a)  # noqa: E731
+    strategy.predict(x, num_blocks=2)
+    assert calls == [0, 1]
+
+
+@pytest.mark.parametrize("embedding", [LearnedEmbedding(dim=20), PrototypeEmbedding()], ids=["dim20", "prototype"])
+def test_learned_embeddings_get_finite_bounded_updates(embedding):
+    strategy = NoPropDT(num_blocks=10, width=16, embedding=embedding)
+    strategy.build(10, IMAGE_SHAPE)
+    x, y = batch(40, num_classes=10)
+    strategy.initialize_from_data(x, y)
+    optimizer = torch.optim.AdamW(strategy.parameters(), lr=1e-3, weight_decay=1e-3)
+    for _ in range(5):
+        before = strategy.embedding.weight.detach().clone()
+        optimizer.zero_grad()
+        sum(r.loss for r in strategy.local_losses(x, y, range(10))).backward()
+        assert torch.isfinite(strategy.embedding.weight.grad).all()
+        optimizer.step()
+        step = (strategy.embedding.weight.detach() - before).abs().max().item()
+        assert step < 10 * 1e-3, f"the embedding moved {step} in one AdamW step at lr 1e-3"
+
+
+def test_posterior_head_trains():
+    strategy = tiny_dt(head=PosteriorHead(sigma=1.0))
+    x, y = batch()
+    loss = next(strategy.local_losses(x, y, [0])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and strategy.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_parameter_groups_partition_the_model():
+    strategy = tiny_dt(embedding=LearnedEmbedding(dim=6))
+    ids = [id(p) for i in range(3) for p in strategy.block_parameters(i)] + [id(p) for p in strategy.shared_parameters()]
+    assert sorted(ids) == sorted(id(p) for p in strategy.parameters())
+    assert strategy.num_local_losses == 3

@@ -1,0 +1,175 @@
+import types
+from functools import partial
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+from lightning_noprop.checkpointing import AtomicCheckpointIO, CheckpointMismatchError
+from lightning_noprop.nn import LearnedEmbedding
+from lightning_noprop.strategies import Backprop, NoPropDT
+from lightning_noprop.trainer_checks import check_trainer_supports
+
+from .helpers import synthetic_data, tiny_module, trainer
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_joint_and_per_block_give_the_same_updates():
+    results = {}
+    for mode in ("joint", "per_block"):
+        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8)), backward_mode=mode)
+        trainer(limit_train_batches=3, limit_val_batches=0).fit(module, synthetic_data())
+        results[mode] = _params(module)
+    initial = _params(tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8))))
+    for key, value in results["joint"].items():
+        assert torch.allclose(value.float(), results["per_block"][key].float(), atol=1e-6), key
+    assert any(not torch.equal(results["joint"][k], initial[k]) for k in initial), "nothing was trained"
+
+
+def test_sequential_block_order_trains_one_block_per_epoch():
+    module = tiny_module(block_order="sequential")
+    before = _params(module)
+    trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    after = _params(module)
+    changed = {i for i in range(3) if not torch.equal(before[f"strategy.blocks.{i}.image_encoder.0.weight"],
+                                                       after[f"strategy.blocks.{i}.image_encoder.0.weight"])}  # fmt: skip
+    assert changed == {0, 1}, "epoch e trains block e mod T"
+
+
+def test_one_optimizer_per_block_plus_shared():
+    module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8)))
+    fit_trainer = trainer(limit_train_batches=1, limit_val_batches=0)
+    fit_trainer.fit(module, synthetic_data())
+    assert len(fit_trainer.optimizers) == 4
+    assert len(fit_trainer.optimizers[3].param_groups[0]["params"]) == 3  # head weight, head bias, W_Embed
+
+
+def test_per_block_gradient_clipping_bounds_each_block():
+    clip, lr = 1e-3, 1.0
+    module = tiny_module(gradient_clip_val=clip, optimizer=partial(torch.optim.SGD, lr=lr))
+    before = _params(module)
+    trainer(limit_train_batches=1, limit_val_batches=0).fit(module, synthetic_data())
+    after = _params(module)
+    for i in range(3):
+        keys = [k for k, p in module.strategy.blocks[i].named_parameters()]
+        step = torch.cat([(after[f"strategy.blocks.{i}.{k}"] - before[f"strategy.blocks.{i}.{k}"]).flatten() for k in keys])
+        assert step.norm() <= lr * clip * 1.001, f"block {i} moved {step.norm()} > lr * clip"
+
+
+def test_nonfinite_loss_is_an_error_naming_the_block():
+    module = tiny_module()
+    original = module.strategy.block_loss
+    module.strategy.block_loss = lambda x, y, t: (  # noqa: E731
+        (lambda r: setattr(r, "loss", r.loss * float("nan")) or r)(original(x, y, t)) if t == 1 else original(x, y, t)
+    )
+    with pytest.raises(FloatingPointError, match="block 1"):
+        trainer(limit_train_batches=1, limit_val_batches=0).fit(module, synthetic_data())
+
+
+def test_nonfinite_loss_skip_leaves_that_block_unchanged():
+    module = tiny_module(nonfinite_loss="skip", backward_mode="per_block")
+    original = module.strategy.block_loss
+    module.strategy.block_loss = lambda x, y, t: (  # noqa: E731
+        (lambda r: setattr(r, "loss", r.loss * float("inf")) or r)(original(x, y, t)) if t == 1 else original(x, y, t)
+    )
+    before = _params(module)
+    trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    after = _params(module)
+    key = "strategy.blocks.{}.image_encoder.0.weight"
+    assert torch.equal(before[key.format(1)], after[key.format(1)])
+    assert not torch.equal(before[key.format(0)], after[key.format(0)])
+
+
+def _fit_with_checkpoints(tmp_path, max_epochs, ckpt_path=None):
+    module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8)),
+                         train_accuracy_every_n_steps=2)  # fmt: skip
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit_trainer = trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[checkpoint],
+                          num_sanity_val_steps=2, plugins=[AtomicCheckpointIO()])  # fmt: skip
+    fit_trainer.fit(module, synthetic_data(), ckpt_path=ckpt_path)
+    return module, fit_trainer
+
+
+def test_resume_restores_every_optimizer_and_continues_identically(tmp_path):
+    straight, _ = _fit_with_checkpoints(tmp_path / "straight", max_epochs=3)
+    _fit_with_checkpoints(tmp_path / "first", max_epochs=2)
+    saved = torch.load(tmp_path / "first" / "last.ckpt", weights_only=True)
+    assert len(saved["optimizer_states"]) == 4
+    resumed, resumed_trainer = _fit_with_checkpoints(tmp_path / "resumed", 3, ckpt_path=tmp_path / "first" / "last.ckpt")
+    for key, value in _params(straight).items():
+        assert torch.allclose(value.float(), _params(resumed)[key].float(), atol=1e-6), key
+    assert resumed_trainer.current_epoch == 3
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path):
+    _fit_with_checkpoints(tmp_path, max_epochs=1)
+    other = tiny_module(strategy=NoPropDT(num_blocks=2, width=16, embedding=LearnedEmbedding(8)))
+    with pytest.raises(CheckpointMismatchError, match="num_local_losses: checkpoint 3, current 2"):
+        trainer().validate(other, synthetic_data(), ckpt_path=tmp_path / "last.ckpt")
+    backprop = tiny_module(strategy=Backprop(num_blocks=3, width=16, embedding=LearnedEmbedding(8)))
+    with pytest.raises(CheckpointMismatchError, match="strategy: checkpoint 'NoPropDT', current 'Backprop'"):
+        trainer().validate(backprop, synthetic_data(), ckpt_path=tmp_path / "last.ckpt")
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    module = tiny_module()
+    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": "2.6.6"}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="not written by lightning_noprop"):
+        trainer().validate(module, synthetic_data(), ckpt_path=tmp_path / "foreign.ckpt")
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "model.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+
+    def broken_save(obj, file):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"], "no temporary file may be left behind"
+
+
+def _fake_trainer(precision="32-true", strategy=None):
+    return types.SimpleNamespace(precision=precision, strategy=strategy or object())
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true"])
+def test_fp16_is_refused_with_advice(precision):
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        check_trainer_supports(_fake_trainer(precision), "joint", "every_batch", 10)
+
+
+def test_bf16_and_fp32_are_accepted():
+    for precision in ("bf16-mixed", "32-true"):
+        check_trainer_supports(_fake_trainer(precision), "per_block", "every_batch", 10)
+
+
+def test_ddp_per_block_needs_find_unused_parameters():
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        check_trainer_supports(_fake_trainer(strategy=DDPStrategy()), "per_block", "every_batch", 10)
+    check_trainer_supports(_fake_trainer(strategy=DDPStrategy(find_unused_parameters=True)), "per_block", "every_batch", 10)
+    check_trainer_supports(_fake_trainer(strategy=DDPStrategy()), "joint", "every_batch", 10)
+    with pytest.raises(ValueError, match="sequential"):
+        check_trainer_supports(_fake_trainer(strategy=DDPStrategy()), "joint", "sequential", 10)
+
+
+def test_fsdp_is_refused():
+    with pytest.raises(ValueError, match="19685"):
+        check_trainer_supports(_fake_trainer(strategy=FSDPStrategy()), "joint", "every_batch", 10)
+
+
+def test_bad_module_options_are_refused():
+    with pytest.raises(ValueError, match="backward_mode must be one of"):
+        tiny_module(backward_mode="sideways")
+    with pytest.raises(ValueError, match="gradient_clip_val"):
+        tiny_module(gradient_clip_val=0.0)
