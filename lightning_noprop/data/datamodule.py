@@ -1,0 +1,150 @@
+"""One LightningDataModule for MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 (and synthetic stand-ins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
+
+DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
+
+
+class ImageDataModule(LightningDataModule):
+    """Image classification data held in memory as uint8 and normalised per batch on the device.
+
+    Validation is a seeded random split of the training set (never the test set), so model selection
+    never sees test data.
+
+    Args:
+        dataset: which dataset to train on.
+        root: folder holding the datasets in torchvision's layout (e.g. ``root/MNIST/raw``).
+        download: download the dataset into ``root`` when its files are missing (needs internet).
+        batch_size: training batch size (paper: 128); evaluation uses the same.
+        num_workers: DataLoader worker processes (the data is in memory: 0 is usually fastest).
+        val_size: training images held out for validation (seeded); 0 disables validation.
+        train_size: use only this many of the remaining training images (seeded subset); None uses all.
+        test_size: use only the first this many test images; None uses all.
+        split_seed: seed of the validation split and of the training subset.
+        normalize: standardise each channel with the training set's mean and std.
+        synthetic: replace the dataset by random class templates plus noise of the same shape and class
+            count (no files needed; for smoke tests and timing). Sizes: ``synthetic_size`` train images and
+            a quarter of that for test, unless ``train_size``/``test_size`` say otherwise.
+        synthetic_size: number of synthetic training images (before the validation split).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "mnist",
+        root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        split_seed: int = 0,
+        normalize: bool = True,
+        synthetic: bool = False,
+        synthetic_size: int = 2048,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.")
+        for name, value in {"batch_size": batch_size, "synthetic_size": synthetic_size}.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if val_size < 0 or num_workers < 0:
+            raise ValueError(f"val_size and num_workers must be >= 0, got {val_size} and {num_workers}.")
+        self.save_hyperparameters()
+        self.spec = DATASETS[dataset]
+        # Read by the CLI's argument links (apply_on="instantiate"), so they must exist after __init__.
+        self.num_classes: int = self.spec.num_classes
+        self.image_shape: tuple[int, int, int] = self.spec.image_shape
+        self.root = Path(root)
+        self.mean = torch.tensor(self.spec.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.spec.std).view(1, -1, 1, 1)
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.hparams.download and not self.hparams.synthetic:
+            download(self.hparams.dataset, self.root)
+
+    def _split(self, train: bool) -> tuple[Tensor, Tensor]:
+        if self.hparams.synthetic:
+            size = self.hparams.synthetic_size if train else max(self.hparams.synthetic_size // 4, 1)
+            return synthetic_split(self.spec, size, seed=self.hparams.split_seed + (0 if train else 1))
+        return load_split(self.hparams.dataset, self.root, train)
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train_set is None:
+            images, labels = self._split(train=True)
+            val_size, train_size = self.hparams.val_size, self.hparams.train_size
+            available = images.shape[0] - val_size
+            if available < 2 or (train_size is not None and train_size > available):
+                raise ValueError(
+                    f"{images.shape[0]} training images cannot hold val_size={val_size} plus "
+                    f"train_size={train_size}; lower --data.val_size or --data.train_size."
+                )
+            order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            val_idx, train_idx = order[:val_size], order[val_size:]
+            if train_size is not None:
+                train_idx = train_idx[:train_size]
+            self.train_set = TensorDataset(images[train_idx], labels[train_idx])
+            self.val_set = TensorDataset(images[val_idx], labels[val_idx]) if val_size > 0 else None
+        if stage in ("test", "predict") and self.test_set is None:
+            images, labels = self._split(train=False)
+            if self.hparams.test_size is not None:
+                images, labels = images[: self.hparams.test_size], labels[: self.hparams.test_size]
+            self.test_set = TensorDataset(images, labels)
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        batch_size = self.hparams.batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            # BatchNorm cannot train on a batch of one sample.
+            drop_last=shuffle and len(dataset) % batch_size == 1,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def normalize_images(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+        assert images.dtype == torch.uint8, f"expected uint8 images, got {images.dtype}"
+        scaled = images.float().div_(255.0)
+        if not self.hparams.normalize:
+            return scaled
+        return (scaled - self.mean.to(scaled.device)) / self.std.to(scaled.device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        return self.normalize_images(images), labels
+
+    def training_images(self) -> tuple[Tensor, Tensor]:
+        """The normalised training split (without the validation images), for data-dependent initialisation."""
+        if self.train_set is None:
+            self.setup("fit")
+        images, labels = self.train_set.tensors
+        return self.normalize_images(images), labels
