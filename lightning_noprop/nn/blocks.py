@@ -94,3 +94,12 @@ class DenoisingBlock(nn.Module):
         assert x.shape[0] == z.shape[0], f"batch sizes differ: x {x.shape[0]}, z {z.shape[0]}"
         return self.fuse(torch.cat([self.image_encoder(x), self.label_encoder(z)], dim=1))
 
+
+
+def denoising_blocks(
+    num_blocks: int, image_shape: tuple[int, int, int], num_classes: int, embedding: nn.Module, dropout: float, width: int
+) -> nn.ModuleList:
+    """``num_blocks`` independent Fig. 6 blocks sized for ``embedding`` (a built ClassEmbedding)."""
+    return nn.ModuleList(
+        DenoisingBlock(image_shape, num_classes, embedding.dim, embedding.z_shape, dropout, width) for _ in range(num_blocks)
+    )

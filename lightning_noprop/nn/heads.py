@@ -57,5 +57,9 @@ class PosteriorHead(Head):
             f"z must be (B, {embedding.shape[1]}), got {tuple(z.shape)}"
         )
         y_tilde = self.linear(z).softmax(dim=-1) @ embedding  # (B, d)
-        squared_distance = (y_tilde.unsqueeze(1) - embedding.unsqueeze(0)).pow(2).sum(-1)  # (B, m)
-        return -squared_distance / (2.0 * self.sigma**2)
+        return nearest_embedding_logits(y_tilde, embedding) / self.sigma**2
+
+
+def nearest_embedding_logits(z: Tensor, embedding: Tensor) -> Tensor:
+    """-||z - u_c||^2 / 2 for every class c: (B, d), (m, d) -> (B, m); argmax is the nearest class embedding."""
+    return -0.5 * (z.unsqueeze(1) - embedding.unsqueeze(0)).pow(2).sum(-1)

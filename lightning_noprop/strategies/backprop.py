@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_noprop.nn.blocks import DenoisingBlock
+from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
@@ -54,10 +54,7 @@ class Backprop(EmbeddingStrategy):
         self.mixing_init = mixing_init
 
     def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
-        self.blocks = nn.ModuleList(
-            DenoisingBlock(image_shape, num_classes, self.embedding.dim, self.embedding.z_shape, self.dropout, self.width)
-            for _ in range(self.num_blocks)
-        )
+        self.blocks = denoising_blocks(self.num_blocks, image_shape, num_classes, self.embedding, self.dropout, self.width)
         self.mixing_logits = nn.Parameter(torch.full((self.num_blocks,), math.atanh(self.mixing_init)))
 
     @property

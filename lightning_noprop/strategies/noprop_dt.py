@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_noprop.diffusion import PosteriorCoefficients, kl_to_standard_normal, posterior_coefficients, sample_q
-from lightning_noprop.nn.blocks import DenoisingBlock
+from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head
+from lightning_noprop.nn.heads import Head, nearest_embedding_logits
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
 
@@ -36,6 +37,8 @@ class NoPropDT(EmbeddingStrategy):
         width: hidden width of each block (paper: 256).
         inference_noise: sample z_t with the sqrt(c_t) eps term of Eq. 3 (the paper); False uses the
             posterior mean (eps = 0), which one reimplementation found more accurate.
+        readout: how z_T becomes class scores: "head" (the paper) or "nearest" (the nearest class embedding,
+            as NoProp-FM reads out; it measures the blocks alone, independently of how far the head has trained).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class NoPropDT(EmbeddingStrategy):
         dropout: float = 0.2,
         width: int = 256,
         inference_noise: bool = True,
+        readout: Literal["head", "nearest"] = "head",
     ) -> None:
         super().__init__(embedding, head)
         if num_blocks < 1:
@@ -59,13 +63,13 @@ class NoPropDT(EmbeddingStrategy):
         self.eta = eta
         self.dropout = dropout
         self.width = width
+        if readout not in ("head", "nearest"):
+            raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
         self.inference_noise = inference_noise
+        self.readout = readout
 
     def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
-        self.blocks = nn.ModuleList(
-            DenoisingBlock(image_shape, num_classes, self.embedding.dim, self.embedding.z_shape, self.dropout, self.width)
-            for _ in range(self.num_blocks)
-        )
+        self.blocks = denoising_blocks(self.num_blocks, image_shape, num_classes, self.embedding, self.dropout, self.width)
 
     @property
     def num_local_losses(self) -> int:
@@ -116,7 +120,8 @@ class NoPropDT(EmbeddingStrategy):
     def predict(self, x: Tensor, num_blocks: int | None = None) -> Prediction:
         """Eq. 3: z_0 ~ N(0, I); z_t = a_t u_hat_t(z_{t-1}, x) + b_t z_{t-1} + sqrt(c_t) eps; logits = head(z_T).
 
-        ``num_blocks`` < T stops after that many blocks (the "anytime" prediction).
+        ``num_blocks`` < T stops after that many blocks (the "anytime" prediction). ``readout`` picks the head
+        or the nearest class embedding.
         """
         steps = self.num_blocks if num_blocks is None else num_blocks
         embedding = self.embedding.weight
@@ -126,4 +131,5 @@ class NoPropDT(EmbeddingStrategy):
             z = coefficients.a[t] * self.denoise(t, x, z, embedding) + coefficients.b[t] * z
             if self.inference_noise:
                 z = z + coefficients.c[t].sqrt() * torch.randn_like(z)
-        return Prediction(logits=self.head(z, embedding), z=z)
+        logits = self.head(z, embedding) if self.readout == "head" else nearest_embedding_logits(z, embedding)
+        return Prediction(logits=logits, z=z)

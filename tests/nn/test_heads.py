@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_noprop.nn.heads import PosteriorHead, SoftmaxHead
+from lightning_noprop.nn.heads import PosteriorHead, SoftmaxHead, nearest_embedding_logits
 
 
 def test_softmax_head_is_a_linear_layer():
@@ -28,3 +28,11 @@ def test_heads_reject_wrong_embedding_size():
     head.build(4, 6)
     with pytest.raises(AssertionError, match=r"z must be \(B, 5\)"):
         head(torch.randn(3, 6), torch.randn(4, 5))
+
+
+def test_nearest_embedding_logits_pick_the_closest_class():
+    embedding = torch.eye(3) * 2
+    z = torch.tensor([[1.9, 0.1, 0.0], [0.0, 0.2, 1.5]])
+    logits = nearest_embedding_logits(z, embedding)
+    assert logits.argmax(1).tolist() == [0, 2]
+    assert torch.allclose(logits[0, 1], -0.5 * ((z[0] - embedding[1]) ** 2).sum())

@@ -122,3 +122,10 @@ def test_parameter_groups_partition_the_model():
     ids = [id(p) for i in range(3) for p in strategy.block_parameters(i)] + [id(p) for p in strategy.shared_parameters()]
     assert sorted(ids) == sorted(id(p) for p in strategy.parameters())
     assert strategy.num_local_losses == 3
+
+
+def test_nearest_readout_scores_by_distance_to_class_embeddings():
+    strategy = tiny_dt(num_blocks=10, readout="nearest").eval()
+    x, y = batch(50)
+    _oracle(strategy, y)
+    assert (strategy.predict(x).logits.argmax(1) == y).all()
