@@ -173,3 +173,20 @@ def test_bad_module_options_are_refused():
         tiny_module(backward_mode="sideways")
     with pytest.raises(ValueError, match="gradient_clip_val"):
         tiny_module(gradient_clip_val=0.0)
+
+
+@pytest.mark.parametrize(("interval", "expected_steps"), [("epoch", 2), ("step", 4)])
+def test_one_lr_scheduler_per_optimizer_stepped_by_the_module(interval, expected_steps):
+    module = tiny_module(lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+                         lr_scheduler_interval=interval)  # fmt: skip
+    fit_trainer = trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0)
+    fit_trainer.fit(module, synthetic_data())
+    assert len(fit_trainer.lr_scheduler_configs) == len(fit_trainer.optimizers) == 4
+    for optimizer in fit_trainer.optimizers:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**expected_steps)
+
+
+def test_reduce_on_plateau_is_refused():
+    module = tiny_module(lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
+        trainer(limit_train_batches=1, limit_val_batches=0).fit(module, synthetic_data())
