@@ -83,9 +83,10 @@ class NoPropDT(EmbeddingStrategy):
         grid = torch.linspace(0.0, 1.0, self.num_blocks + 1, device=self.embedding.weight.device)
         return self.noise_schedule.alpha_bar(grid)
 
-    def loss_weights(self) -> Tensor:
-        """(T / 2) eta (SNR(t) - SNR(t-1)) for t = 1..T: shape (T,)."""
-        snr = self.noise_schedule.snr(torch.linspace(0.0, 1.0, self.num_blocks + 1, device=self.embedding.weight.device))
+    def loss_weights(self, alpha_bar: Tensor | None = None) -> Tensor:
+        """(T / 2) eta (SNR(t) - SNR(t-1)) for t = 1..T: shape (T,), from ``alpha_bar()`` unless it is given."""
+        alpha_bar = self.alpha_bar() if alpha_bar is None else alpha_bar
+        snr = alpha_bar / (1.0 - alpha_bar)
         return 0.5 * self.num_blocks * self.eta * (snr[1:] - snr[:-1])
 
     def coefficients(self) -> PosteriorCoefficients:
@@ -107,7 +108,7 @@ class NoPropDT(EmbeddingStrategy):
         u = self.embedding(y)
         alpha_bar = self.alpha_bar()
         z_prev = sample_q(u, alpha_bar[block])  # z_{t-1}: Eq. 8 conditions block t on z_{t-1}, not z_t
-        denoise = self.loss_weights()[block] * (self.denoise(block, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
+        denoise = self.loss_weights(alpha_bar)[block] * (self.denoise(block, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
         ce = F.cross_entropy(self.head(sample_q(u, alpha_bar[-1]), embedding), y)
         kl = kl_to_standard_normal(u, alpha_bar[0]).mean()
         return BlockLoss(
