@@ -56,3 +56,13 @@ def posterior_coefficients(alpha_bar: Tensor) -> PosteriorCoefficients:
     b = alpha_prev.sqrt() * (1.0 - cur) / (1.0 - prev)
     c = (1.0 - cur) * (1.0 - alpha_prev) / (1.0 - prev)
     return PosteriorCoefficients(a=a, b=b, c=c)
+
+
+def mix_embeddings(weights: Tensor, embedding: Tensor) -> Tensor:
+    """weights (B, m) @ W_Embed (m, d) -> (B, d), in float32 even under autocast.
+
+    The denoising loss compares this to u_y under weights of up to ~10^4 (SNR differences, SNR'(t)); a bf16
+    matmul would round the mixture to ~3 significant digits and put a floor under that loss.
+    """
+    with torch.autocast(device_type=weights.device.type, enabled=False):
+        return weights.float() @ embedding.float()

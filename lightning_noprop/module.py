@@ -45,6 +45,9 @@ class LocalLearningModule(LightningModule):
             train/acc (0 disables; inference costs about a third of a training step).
         nonfinite_loss: "error" stops with a message naming the block when a local loss is NaN/inf; "skip"
             skips that block's update for the batch (logged as train/skipped_updates).
+        validation_inference_steps: inference steps for val/acc and train/acc (NoProp-CT/FM: a coarser sampler
+            grid, e.g. 100 instead of 1000; DT/backprop: only the first n blocks). None runs the full inference.
+            test/acc and predict always run the full inference.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class LocalLearningModule(LightningModule):
         gradient_clip_val: float | None = None,
         train_accuracy_every_n_steps: int = 50,
         nonfinite_loss: Literal["error", "skip"] = "error",
+        validation_inference_steps: int | None = None,
     ) -> None:
         super().__init__()
         # Under the CLI the hparams are the parsed config (class paths), which rebuild the model on load;
@@ -73,6 +77,8 @@ class LocalLearningModule(LightningModule):
                             "nonfinite_loss": (nonfinite_loss, ("error", "skip"))}.items():  # fmt: skip
             if value[0] not in value[1]:
                 raise ValueError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
+        if validation_inference_steps is not None and validation_inference_steps < 1:
+            raise ValueError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
         strategy.build(num_classes, image_shape)
@@ -187,7 +193,7 @@ class LocalLearningModule(LightningModule):
         self.strategy.eval()
         try:
             with torch.no_grad():
-                return self.strategy.predict(x)
+                return self.strategy.predict(x, self.hparams.validation_inference_steps)
         finally:
             self.strategy.train()
 
@@ -216,7 +222,8 @@ class LocalLearningModule(LightningModule):
         x, y = batch
         results = list(self.strategy.local_losses(x, y, range(self.strategy.num_local_losses)))
         self._log_losses(stage, results, per_block=False)
-        self._log_accuracy(stage, metric, self.strategy.predict(x), y)
+        steps = self.hparams.validation_inference_steps if stage == "val" else None
+        self._log_accuracy(stage, metric, self.strategy.predict(x, steps), y)
 
     def _log_losses(self, stage: str, results: list[BlockLoss], per_block: bool = True) -> None:
         if not results:

@@ -2,11 +2,15 @@
 
 NoProp runs time from noise to clean (spec: "alpha_bar_t increasing in t"), the reverse of the
 usual diffusion convention. NoProp-DT evaluates a schedule on the grid t_i = i / T, NoProp-CT
-(issue 3) on a per-sample t. Every schedule exposes the same three quantities:
+on a per-sample t. Every schedule exposes the same quantities:
 
 - ``alpha_bar(t)``: the signal fraction of q(z_t | y) = N(sqrt(alpha_bar) u_y, (1 - alpha_bar) I) (Eq. 6)
-- ``snr(t)`` = alpha_bar / (1 - alpha_bar)
-- ``log_snr(t)``
+- ``snr(t)`` = alpha_bar / (1 - alpha_bar), ``log_snr(t)``
+- ``snr_derivative(t)`` = dSNR/dt, the weight of NoProp-CT's loss (closed form; ``autograd_snr_derivative``
+  computes the same by differentiating ``snr``)
+
+Schedules are evaluated in float32 even under autocast: bf16 keeps ~3 significant digits, too few
+for SNR near the clean end or for the differences of a 1000-step inference grid.
 """
 
 from __future__ import annotations
@@ -34,6 +38,25 @@ class NoiseSchedule(nn.Module, ABC):
         """log SNR(t), computed from alpha_bar without forming the ratio."""
         alpha_bar = self.alpha_bar(t)
         return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+
+    def snr_derivative(self, t: Tensor) -> Tensor:
+        """dSNR/dt, same shape as ``t``; >= 0 because the schedule is monotone. Subclasses give closed forms;
+        this default differentiates ``snr`` with autograd, keeping the graph so parameters get gradients."""
+        return autograd_snr_derivative(self, t)
+
+
+def autograd_snr_derivative(schedule: NoiseSchedule, t: Tensor) -> Tensor:
+    """dSNR/dt by autograd through ``schedule.snr``, with ``create_graph`` so that a loss weighted by it still
+    back-propagates into the schedule's parameters (NoProp-CT, App. B). t: any shape; returns the same shape."""
+    with torch.enable_grad():
+        t = t.detach().float().requires_grad_(True)
+        snr = schedule.snr(t)
+        (derivative,) = torch.autograd.grad(snr.sum(), t, create_graph=True)
+    return derivative
+
+
+def _float32(t: Tensor | float) -> Tensor:
+    return t.float() if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float32)
 
 
 class CosineSchedule(NoiseSchedule):
@@ -71,3 +94,103 @@ class CosineSchedule(NoiseSchedule):
         t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
         raw = self._f(1.0 - t) / self._f(torch.zeros_like(t))
         return raw.clamp(self.alpha_bar_min, self.alpha_bar_max)
+
+    def snr_derivative(self, t: Tensor) -> Tensor:
+        """dSNR/dt = alpha_bar'(t) / (1 - alpha_bar)^2 with alpha_bar'(t) = sin(2 theta) (pi / 2) / ((1 + offset) f(0)),
+        theta = ((1 - t + offset) / (1 + offset)) pi / 2; zero where the clamp is active."""
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+        theta = (1.0 - t + self.offset) / (1.0 + self.offset) * (math.pi / 2)
+        slope = torch.sin(2 * theta) * (math.pi / 2) / ((1.0 + self.offset) * self._f(torch.zeros_like(t)))
+        raw = self._f(1.0 - t) / self._f(torch.zeros_like(t))
+        inside = (raw > self.alpha_bar_min) & (raw < self.alpha_bar_max)
+        alpha_bar = raw.clamp(self.alpha_bar_min, self.alpha_bar_max)
+        return torch.where(inside, slope, torch.zeros_like(slope)) / (1.0 - alpha_bar) ** 2
+
+
+class _PositiveLinear(nn.Linear):
+    """Linear layer whose effective weights softplus(W) are positive, so it is increasing in every input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, nn.functional.softplus(self.weight), self.bias)
+
+
+class LearnedSchedule(NoiseSchedule):
+    """The learned schedule of App. B (as in Variational Diffusion Models), in NoProp's time direction:
+
+        SNR(t) = exp(-gamma(t)),   alpha_bar(t) = sigmoid(-gamma(t)),
+        gamma(t) = gamma_0 + (gamma_1 - gamma_0) (1 - gamma_bar(t)),   gamma_bar(t) = (g(t) - g(0)) / (g(1) - g(0))
+
+    with g(t) = softplus(w) t + positive-linear(sigmoid(positive-linear(t))), an MLP with two hidden-layer
+    weights and a linear skip, all positive, so g and gamma_bar increase in t and gamma decreases. So
+    gamma(0) = gamma_1 (the noisy end, SNR e^-gamma_1) and gamma(1) = gamma_0 (the clean end, SNR e^-gamma_0):
+    the names follow VDM, where gamma_0 belongs to the clean end. The span gamma_1 - gamma_0 is floored at
+    ``min_span`` so that training can never make the schedule decrease.
+
+    Args:
+        gamma_0: -log SNR at the clean end t = 1 at initialisation (spec: -7, SNR e^7).
+        gamma_1: -log SNR at the noisy end t = 0 at initialisation (spec: 7, SNR e^-7); must exceed gamma_0.
+        hidden: width of g's hidden layer (VDM: 1024).
+        learn_endpoints: train gamma_0 and gamma_1 (the paper); False keeps them fixed and learns only the shape.
+        min_span: the smallest gamma_1 - gamma_0 used, a guard against a decreasing (collapsed) schedule.
+    """
+
+    def __init__(
+        self,
+        gamma_0: float = -7.0,
+        gamma_1: float = 7.0,
+        hidden: int = 1024,
+        learn_endpoints: bool = True,
+        min_span: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if not gamma_1 - gamma_0 > min_span:
+            raise ValueError(
+                f"LearnedSchedule needs gamma_1 - gamma_0 > min_span ({min_span}), got gamma_0={gamma_0}, "
+                f"gamma_1={gamma_1}: gamma_1 is -log SNR at the noisy end t=0 and must be the larger."
+            )
+        if hidden < 1:
+            raise ValueError(f"LearnedSchedule hidden must be >= 1, got {hidden}.")
+        self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_0)), requires_grad=learn_endpoints)
+        self.gamma_1 = nn.Parameter(torch.tensor(float(gamma_1)), requires_grad=learn_endpoints)
+        self.min_span = min_span
+        self.skip = _PositiveLinear(1, 1, bias=False)  # a bias would cancel in gamma_bar
+        self.hidden = _PositiveLinear(1, hidden)
+        self.out = _PositiveLinear(hidden, 1, bias=False)
+
+    def g(self, t: Tensor) -> Tensor:
+        """The unnormalised monotone network g(t), same shape as ``t``."""
+        h = self.skip(t.unsqueeze(-1)) + self.out(torch.sigmoid(self.hidden(t.unsqueeze(-1))))
+        return h.squeeze(-1)
+
+    def gamma(self, t: Tensor) -> Tensor:
+        """gamma(t) = -log SNR(t), same shape as ``t``, computed in float32 (also under autocast)."""
+        t = _float32(t).to(self.gamma_0.device)
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            ends = self.g(torch.tensor([0.0, 1.0], device=t.device))
+            gamma_bar = (self.g(t) - ends[0]) / (ends[1] - ends[0])
+            return self.gamma_0 + self.span() * (1.0 - gamma_bar)
+
+    def span(self) -> Tensor:
+        """gamma_1 - gamma_0, floored at ``min_span``."""
+        return (self.gamma_1 - self.gamma_0).clamp_min(self.min_span)
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        return torch.sigmoid(-self.gamma(t))
+
+    def snr(self, t: Tensor) -> Tensor:
+        return torch.exp(-self.gamma(t))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return -self.gamma(t)
+
+    def snr_derivative(self, t: Tensor) -> Tensor:
+        """dSNR/dt = -gamma'(t) SNR(t) = span g'(t) / (g(1) - g(0)) SNR(t), with g' in closed form."""
+        t = _float32(t).to(self.gamma_0.device)
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            ends = self.g(torch.tensor([0.0, 1.0], device=t.device))
+            pre = self.hidden(t.unsqueeze(-1))  # (..., hidden)
+            s = torch.sigmoid(pre)
+            w_hidden = nn.functional.softplus(self.hidden.weight).squeeze(-1)  # (hidden,)
+            w_out = nn.functional.softplus(self.out.weight).squeeze(0)  # (hidden,)
+            g_prime = nn.functional.softplus(self.skip.weight).squeeze() + (s * (1 - s) * w_hidden * w_out).sum(-1)
+            return self.span() * g_prime / (ends[1] - ends[0]) * self.snr(t)

@@ -1,4 +1,4 @@
-"""The NoProp-DT denoising block of the paper's Fig. 6."""
+"""The networks of the paper's Fig. 6: the NoProp-DT denoising block and the time-conditioned CT/FM network."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from lightning_noprop.nn.time_embedding import SinusoidalTimeEmbedding
 
 
 class ConvEncoder(nn.Sequential):
@@ -94,6 +96,65 @@ class DenoisingBlock(nn.Module):
         assert x.shape[0] == z.shape[0], f"batch sizes differ: x {x.shape[0]}, z {z.shape[0]}"
         return self.fuse(torch.cat([self.image_encoder(x), self.label_encoder(z)], dim=1))
 
+
+class TimeConditionedBlock(nn.Module):
+    """The one network of NoProp-CT and NoProp-FM (Fig. 6), shared over t in [0, 1]; no BatchNorm.
+
+    image: the DT convs -> FC width -> ReLU;  z: FC width -> ReLU (prototype embeddings: the conv encoder
+    on z reshaped to an image);  t: sinusoidal (``time_dim``) -> FC width -> ReLU;
+    concat 3 width -> FC width -> ReLU -> FC 128 -> ReLU -> FC m -> logits.
+
+    Args:
+        image_shape: (C, H, W) of the input images.
+        num_classes: m, the size of the logits.
+        embedding_dim: d, the size of z.
+        z_shape: image shape of z for prototype embeddings, else None.
+        dropout: dropout of the convolutional encoders (as the DT block: 0.2).
+        width: hidden width (paper: 256).
+        time_dim: size of the sinusoidal time embedding (paper: 64).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        embedding_dim: int,
+        z_shape: tuple[int, ...] | None = None,
+        dropout: float = 0.2,
+        width: int = 256,
+        time_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.image_encoder = ConvEncoder(image_shape, width, dropout, batch_norm=False)
+        if z_shape is not None:
+            assert math.prod(z_shape) == embedding_dim, f"z_shape {z_shape} does not hold {embedding_dim} values"
+            self.label_encoder = nn.Sequential(
+                nn.Unflatten(1, tuple(z_shape)), ConvEncoder(tuple(z_shape), width, dropout, batch_norm=False)
+            )
+        else:
+            self.label_encoder = nn.Sequential(nn.Linear(embedding_dim, width), nn.ReLU())
+        self.time_encoder = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, width), nn.ReLU())
+        self.fuse = nn.Sequential(
+            nn.Linear(3 * width, width), nn.ReLU(), nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """x: (B, C, H, W), z: (B, d), t: (B,) in [0, 1] -> logits (B, m)."""
+        return self.from_image_features(self.image_encoder(x), z, t)
+
+    def from_image_features(self, image_features: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """The network after its image branch: image_features (B, width) = ``image_encoder(x)``, z (B, d),
+        t (B,) -> logits (B, m). A sampler computes the image features once and reuses them at every step,
+        since they depend on neither z nor t (in eval mode); this makes the convolutions a one-off cost."""
+        assert z.dim() == 2 and z.shape[1] == self.embedding_dim, (
+            f"z must be (B, {self.embedding_dim}), got {tuple(z.shape)}"
+        )
+        assert image_features.shape[0] == z.shape[0] == t.shape[0], (
+            f"batch sizes differ: x {image_features.shape[0]}, z {z.shape[0]}, t {tuple(t.shape)}"
+        )
+        features = [image_features, self.label_encoder(z), self.time_encoder(t)]
+        return self.fuse(torch.cat(features, dim=1))
 
 
 def denoising_blocks(

@@ -2,6 +2,19 @@
 
 from lightning_noprop.strategies.backprop import Backprop
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction, Strategy
+from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
+from lightning_noprop.strategies.noprop_ct import NoPropCT
 from lightning_noprop.strategies.noprop_dt import NoPropDT
+from lightning_noprop.strategies.noprop_fm import NoPropFM
 
-__all__ = ["Backprop", "BlockLoss", "EmbeddingStrategy", "NoPropDT", "Prediction", "Strategy"]
+__all__ = [
+    "Backprop",
+    "BlockLoss",
+    "ContinuousTimeStrategy",
+    "EmbeddingStrategy",
+    "NoPropCT",
+    "NoPropDT",
+    "NoPropFM",
+    "Prediction",
+    "Strategy",
+]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_noprop.diffusion import mix_embeddings
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
@@ -65,13 +66,14 @@ class Backprop(EmbeddingStrategy):
         assert block == 0, f"Backprop has a single local loss, got block {block}"
         return list(self.blocks.parameters()) + [self.mixing_logits]
 
-    def forward(self, x: Tensor) -> Prediction:
-        """The full chain, differentiable end to end. x: (B, C, H, W) -> logits (B, m)."""
+    def forward(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        """The chain of the first ``num_steps`` (default all) blocks, differentiable end to end.
+        x: (B, C, H, W) -> logits (B, m)."""
         embedding = self.embedding.weight
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=embedding.dtype)
+        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
         mixing = torch.tanh(self.mixing_logits)
-        for t, block in enumerate(self.blocks):
-            z = (1.0 - mixing[t]) * z + mixing[t] * (block(x, z).softmax(dim=-1) @ embedding)
+        for t, block in enumerate(self.blocks[: self.num_blocks if num_steps is None else num_steps]):
+            z = (1.0 - mixing[t]) * z + mixing[t] * mix_embeddings(block(x, z).softmax(dim=-1), embedding)
         return Prediction(logits=self.head(z, embedding), z=z)
 
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
@@ -81,5 +83,5 @@ class Backprop(EmbeddingStrategy):
             yield BlockLoss(block=0, loss=ce, terms={"ce": ce.detach()})
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Prediction:
-        return self(x)
+    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        return self(x, num_steps)

@@ -91,8 +91,12 @@ class Strategy(nn.Module, ABC):
         """
 
     @abstractmethod
-    def predict(self, x: Tensor) -> Prediction:
-        """Class scores for images x (B, C, H, W)."""
+    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        """Class scores for images x (B, C, H, W).
+
+        ``num_steps`` shortens inference: NoProp-DT and the backprop chain stop after that many blocks (the
+        "anytime" prediction), NoProp-CT/FM integrate on a coarser grid. None runs the full inference.
+        """
 
     @property
     def requires_data_init(self) -> bool:

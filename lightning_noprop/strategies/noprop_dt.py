@@ -9,10 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_noprop.diffusion import PosteriorCoefficients, kl_to_standard_normal, posterior_coefficients, sample_q
+from lightning_noprop.diffusion import (
+    PosteriorCoefficients,
+    kl_to_standard_normal,
+    mix_embeddings,
+    posterior_coefficients,
+    sample_q,
+)
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, nearest_embedding_logits
+from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
 
@@ -95,7 +102,7 @@ class NoPropDT(EmbeddingStrategy):
 
     def denoise(self, block: int, x: Tensor, z: Tensor, embedding: Tensor) -> Tensor:
         """u_hat_t(z, x) = softmax(logits_t) @ W_Embed for code index ``block`` = t - 1. Returns (B, d)."""
-        return self.blocks[block](x, z).softmax(dim=-1) @ embedding
+        return mix_embeddings(self.blocks[block](x, z).softmax(dim=-1), embedding)
 
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         for block in blocks:
@@ -118,19 +125,15 @@ class NoPropDT(EmbeddingStrategy):
         )
 
     @torch.no_grad()
-    def predict(self, x: Tensor, num_blocks: int | None = None) -> Prediction:
+    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
         """Eq. 3: z_0 ~ N(0, I); z_t = a_t u_hat_t(z_{t-1}, x) + b_t z_{t-1} + sqrt(c_t) eps; logits = head(z_T).
 
-        ``num_blocks`` < T stops after that many blocks (the "anytime" prediction). ``readout`` picks the head
+        ``num_steps`` < T stops after that many blocks (the "anytime" prediction). ``readout`` picks the head
         or the nearest class embedding.
         """
-        steps = self.num_blocks if num_blocks is None else num_blocks
         embedding = self.embedding.weight
-        coefficients = self.coefficients()
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=embedding.dtype)
-        for t in range(steps):
-            z = coefficients.a[t] * self.denoise(t, x, z, embedding) + coefficients.b[t] * z
-            if self.inference_noise:
-                z = z + coefficients.c[t].sqrt() * torch.randn_like(z)
+        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
+        z = posterior_chain(lambda t, z_prev: self.denoise(t, x, z_prev, embedding), z, self.coefficients(),
+                            self.inference_noise, num_steps)  # fmt: skip
         logits = self.head(z, embedding) if self.readout == "head" else nearest_embedding_logits(z, embedding)
         return Prediction(logits=logits, z=z)

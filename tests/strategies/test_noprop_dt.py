@@ -88,7 +88,7 @@ def test_anytime_prediction_stops_after_k_blocks():
     calls = []
     original = strategy.denoise
     strategy.denoise = lambda t, *a: calls.append(t) or original(t, *a)  # noqa: E731
-    strategy.predict(x, num_blocks=2)
+    strategy.predict(x, num_steps=2)
     assert calls == [0, 1]
 
 

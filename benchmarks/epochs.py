@@ -1,0 +1,110 @@
+"""Train a config for a few epochs and report accuracy, time per epoch and peak memory as a markdown row.
+
+    python benchmarks/epochs.py --config configs/noprop_ct.yaml --epochs 3 --data-root ../shared/datasets
+
+Runs the config through the same CLI as `python main.py fit` (its precision default: bf16-mixed on GPUs
+that support it), then tests the last-epoch weights on the full test split with the config's inference.
+Time per epoch is the training loop alone (validation excluded), the median over epochs; peak memory is
+torch.cuda.max_memory_allocated over fit and test on GPU, peak RSS on CPU. Extra CLI arguments after
+``--`` are passed through (e.g. ``-- --trainer.limit_train_batches 10``). Appends a JSON line to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning
+import torch
+from lightning.pytorch import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_noprop.cli import main as cli_main  # noqa: E402
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch, excluding validation (synchronised on GPU)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync()
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def peak_memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data-root", default="../shared/datasets")
+    parser.add_argument("--out", default=None, help="append the result as one JSON line to this file")
+    parser.add_argument("extra", nargs="*", help="more CLI arguments, after --")
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="epochs_")
+    cli = cli_main(args=["--config", args.config, "--trainer.max_epochs", str(args.epochs), "--data.root",
+                         args.data_root, "--data.download", "false", "--trainer.enable_progress_bar", "false",
+                         "--trainer.default_root_dir", workdir, "--trainer.logger.init_args.save_dir", workdir,
+                         *args.extra], run=False)  # fmt: skip
+    timer = EpochTimer()
+    cli.trainer.callbacks.append(timer)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    fit_seconds = time.perf_counter() - start
+    val_acc = float(cli.trainer.callback_metrics.get("val/acc", float("nan")))
+    start = time.perf_counter()
+    (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    test_seconds = time.perf_counter() - start
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {
+        "config": args.config, "extra": " ".join(args.extra), "epochs": args.epochs,
+        "test_acc": metrics["test/acc"], "last_val_acc": val_acc,
+        "epoch_s_median": statistics.median(timer.seconds), "epoch_s": [round(s, 2) for s in timer.seconds],
+        "fit_s": fit_seconds, "test_s": test_seconds, "peak_mem_gib": peak_memory_gib(),
+        "precision": str(cli.trainer.precision), "hardware": hardware(), "torch": torch.__version__,
+        "lightning": lightning.__version__, "commit": commit, "seed": 0, "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    print("| config | epochs | test acc | last val acc | s/epoch (median) | test s | peak mem GiB | precision | hardware |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.config} {args.extra and ' '.join(args.extra)} | {args.epochs} | {result['test_acc']:.4f} | "
+          f"{val_acc:.4f} | {result['epoch_s_median']:.1f} | {test_seconds:.1f} | {result['peak_mem_gib']:.2f} | "
+          f"{result['precision']} | {result['hardware']} |")  # fmt: skip
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""NoProp-CT: one network denoises the label embedding at any time t in [0, 1] (spec NOPROP.md, NoProp-CT)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_noprop.diffusion import (
+    PosteriorCoefficients,
+    kl_to_standard_normal,
+    mix_embeddings,
+    posterior_coefficients,
+    sample_q,
+)
+from lightning_noprop.nn.embeddings import ClassEmbedding
+from lightning_noprop.nn.heads import Head
+from lightning_noprop.samplers import posterior_chain
+from lightning_noprop.schedules import LearnedSchedule, NoiseSchedule, autograd_snr_derivative
+from lightning_noprop.strategies.base import BlockLoss, Prediction
+from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
+
+
+class NoPropCT(ContinuousTimeStrategy):
+    """NoProp in continuous time. Each sample draws its own t ~ U[0, 1] and z_t ~ q(z_t | y) (Eq. 6); the
+    network predicts u_hat(z_t, x, t) = softmax(logits) @ W_Embed and the loss is
+
+        L = CE(head(z_1), y) + KL(q(z_0 | y) || N(0, I)) + (eta / 2) E_t[ SNR'(t) ||u_hat(z_t, x, t) - u_y||^2 ]
+
+    with z_1 ~ q(z_1 | y). The noise schedule is a component (default: the learned schedule of App. B, whose
+    parameters are trained by this loss with the head and embedding). Inference runs Eq. 3 on the grid
+    t_k = k / N from z_0 ~ N(0, I), feeding the network z_k and t_k.
+
+    Args:
+        embedding: class embedding W_Embed; None means one-hot.
+        head: output head; None means the softmax head.
+        noise_schedule: alpha_bar(t); None means ``LearnedSchedule()`` (gamma from 7 to -7). ``CosineSchedule``
+            is the fixed alternative.
+        eta: weight of the denoising term (paper: 1).
+        snr_derivative: SNR'(t) in "analytic" closed form or by "autograd" (create_graph, so the schedule is
+            trained either way); both give the same values.
+        dropout: dropout of the convolutional encoders.
+        width: hidden width of the network (paper: 256).
+        time_dim: size of the sinusoidal time embedding (paper: 64).
+        inference_steps: N, steps of Eq. 3 at test and predict time (spec: 1000); any N >= 1 works.
+        inference_noise: add the sqrt(c_k) eps term of Eq. 3; False is the deterministic variant (posterior mean).
+        readout: "head" (argmax head(z_1), the paper) or "nearest" (the nearest class embedding).
+    """
+
+    def __init__(
+        self,
+        embedding: ClassEmbedding | None = None,
+        head: Head | None = None,
+        noise_schedule: NoiseSchedule | None = None,
+        eta: float = 1.0,
+        snr_derivative: Literal["analytic", "autograd"] = "analytic",
+        dropout: float = 0.2,
+        width: int = 256,
+        time_dim: int = 64,
+        inference_steps: int = 1000,
+        inference_noise: bool = True,
+        readout: Literal["head", "nearest"] = "head",
+    ) -> None:
+        super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout)
+        if eta <= 0:
+            raise ValueError(f"eta must be > 0, got {eta}.")
+        if snr_derivative not in ("analytic", "autograd"):
+            raise ValueError(f"snr_derivative must be 'analytic' or 'autograd', got {snr_derivative!r}.")
+        self.noise_schedule = noise_schedule if noise_schedule is not None else LearnedSchedule()
+        self.eta = eta
+        self.snr_derivative = snr_derivative
+        self.inference_noise = inference_noise
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        # The schedule enters every term of the loss, like the head and the embedding.
+        schedule = [p for p in self.noise_schedule.parameters() if p.requires_grad]
+        return super().shared_parameters() + schedule
+
+    def snr_prime(self, t: Tensor) -> Tensor:
+        """SNR'(t), (B,) for t (B,), by the configured method; differentiable in the schedule's parameters."""
+        if self.snr_derivative == "autograd":
+            return autograd_snr_derivative(self.noise_schedule, t)
+        return self.noise_schedule.snr_derivative(t)
+
+    def denoise(self, x: Tensor, z: Tensor, t: Tensor, embedding: Tensor, image_features: Tensor | None = None) -> Tensor:
+        """u_hat(z, x, t) = softmax(logits) @ W_Embed for x (B, C, H, W), z (B, d), t (B,). Returns (B, d).
+        ``image_features`` (B, width), when given, replaces ``network.image_encoder(x)``."""
+        features = self.network.image_encoder(x) if image_features is None else image_features
+        return mix_embeddings(self.network.from_image_features(features, z, t).softmax(dim=-1), embedding)
+
+    def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None) -> BlockLoss:
+        embedding = self.embedding.weight
+        u = self.embedding(y)
+        t = torch.rand(y.shape[0], device=u.device) if t is None else t
+        assert t.shape == y.shape, f"t must be (B,) = {tuple(y.shape)}, got {tuple(t.shape)}"
+        ends = self.noise_schedule.alpha_bar(torch.tensor([0.0, 1.0], device=u.device))  # alpha_bar(0), alpha_bar(1)
+        z_t = sample_q(u, self.noise_schedule.alpha_bar(t))
+        error = (self.denoise(x, z_t, t, embedding) - u).pow(2).sum(-1)  # (B,)
+        denoise = 0.5 * self.eta * (self.snr_prime(t) * error).mean()
+        ce = F.cross_entropy(self.head(sample_q(u, ends[1]), embedding), y)
+        kl = kl_to_standard_normal(u, ends[0]).mean()
+        return BlockLoss(block=0, loss=ce + kl + denoise,
+                         terms={"ce": ce.detach(), "kl": kl.detach(), "denoise": denoise.detach()})  # fmt: skip
+
+    def coefficients(self, num_steps: int) -> PosteriorCoefficients:
+        """a_k, b_k, c_k of Eq. 3 on the grid t_k = k / N, k = 0..N: each (N,)."""
+        grid = torch.linspace(0.0, 1.0, num_steps + 1, device=self.embedding.weight.device)
+        return posterior_coefficients(self.noise_schedule.alpha_bar(grid).detach())
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        """Eq. 3 on N = ``num_steps`` (default ``inference_steps``) steps; logits by ``readout`` on z_1."""
+        steps = self.inference_steps if num_steps is None else num_steps
+        embedding = self.embedding.weight
+        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
+        features = self.network.image_encoder(x)
+
+        def denoise(k: int, z_k: Tensor) -> Tensor:
+            return self.denoise(x, z_k, torch.full((x.shape[0],), k / steps, device=x.device), embedding, features)
+
+        z = posterior_chain(denoise, z, self.coefficients(steps), self.inference_noise)
+        return Prediction(logits=self.readout_logits(z, embedding), z=z)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "noise_schedule": type(self.noise_schedule).__name__}
