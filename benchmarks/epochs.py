@@ -6,13 +6,15 @@ Runs the config through the same CLI as `python main.py fit` (its precision defa
 that support it), then tests the last-epoch weights on the full test split with the config's inference.
 Time per epoch is the training loop alone (validation excluded), the median over epochs; peak memory is
 torch.cuda.max_memory_allocated over fit and test on GPU, peak RSS on CPU. Extra CLI arguments after
-``--`` are passed through (e.g. ``-- --trainer.limit_train_batches 10``). Appends a JSON line to ``--out``.
+``--`` are passed through (e.g. ``-- --trainer.limit_train_batches 10``). Appends a JSON line to ``--out``;
+the commit is $LIGHTNING_NOPROP_COMMIT when set (a copied tree may carry stale git metadata), else git's HEAD.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -87,7 +89,9 @@ def main() -> None:
     start = time.perf_counter()
     (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     result = {
         "config": args.config, "extra": " ".join(args.extra), "epochs": args.epochs,
         "test_acc": metrics["test/acc"], "last_val_acc": val_acc,

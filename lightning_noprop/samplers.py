@@ -41,5 +41,5 @@ def euler_integrate(velocity: Callable[[Tensor, Tensor], Tensor], z: Tensor, num
     assert num_steps >= 1, f"num_steps must be >= 1, got {num_steps}"
     dt = 1.0 / num_steps
     for k in range(num_steps):
-        z = z + dt * velocity(z, torch.full((z.shape[0],), k * dt, device=z.device))
+        z = z + dt * velocity(z, torch.full((z.shape[0],), k * dt, device=z.device, dtype=z.dtype))
     return z

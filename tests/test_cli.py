@@ -18,7 +18,9 @@ def run(*args):
 def test_configs_exist():
     names = {str(p.relative_to(REPO / "configs")) for p in CONFIGS}
     assert {"noprop_dt.yaml", "backprop.yaml", "cifar10/noprop_dt.yaml", "cifar10/backprop.yaml",
-            "cifar100/noprop_dt.yaml", "cifar100/backprop.yaml"} <= names  # fmt: skip
+            "cifar100/noprop_dt.yaml", "cifar100/backprop.yaml", "noprop_ct.yaml", "noprop_fm.yaml",
+            "cifar10/noprop_ct.yaml", "cifar10/noprop_fm.yaml", "cifar100/noprop_ct.yaml",
+            "cifar100/noprop_fm.yaml"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
@@ -33,23 +35,32 @@ def test_every_config_runs_with_fast_dev_run(config, tmp_path):
 @pytest.mark.parametrize("head", ["SoftmaxHead", "PosteriorHead"])
 def test_embedding_and_head_are_one_config_line(embedding, head, tmp_path):
     cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.fast_dev_run", "1",
+              "--trainer.default_root_dir", str(tmp_path),
               "--model.strategy.init_args.num_blocks", "2",
               "--model.strategy.init_args.embedding", f"lightning_noprop.nn.{embedding}",
               "--model.strategy.init_args.head", f"lightning_noprop.nn.{head}", *FAST)  # fmt: skip
     assert type(cli.model.strategy.embedding).__name__ == embedding and type(cli.model.strategy.head).__name__ == head
 
 
+SMALL = {
+    "configs/noprop_dt.yaml": ["--model.strategy.init_args.num_blocks", "2"],
+    "configs/noprop_ct.yaml": ["--model.strategy.init_args.inference_steps", "5", "--model.validation_inference_steps", "2"],
+    "configs/noprop_fm.yaml": ["--model.strategy.init_args.inference_steps", "5", "--model.validation_inference_steps", "2"],
+}
+
+
 def _fit_small(tmp_path, config="configs/noprop_dt.yaml"):
     run("fit", "--config", str(REPO / config), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--model.strategy.init_args.num_blocks", "2", *FAST)  # fmt: skip
+        *SMALL[config], *FAST)  # fmt: skip
     (checkpoint,) = tmp_path.rglob("last.ckpt")
     (config_file,) = tmp_path.rglob("config.yaml")
     return checkpoint, config_file
 
 
-def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
-    checkpoint, config_file = _fit_small(tmp_path)
+@pytest.mark.parametrize("config", list(SMALL))
+def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, config):
+    checkpoint, config_file = _fit_small(tmp_path, config)
     for subcommand in ("validate", "test"):
         cli = run(subcommand, "--config", str(config_file), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
                   "--trainer.default_root_dir", str(tmp_path / subcommand))  # fmt: skip
@@ -102,4 +113,4 @@ def test_missing_data_offline_is_one_clear_error(tmp_path):
 
     with pytest.raises(DatasetNotFoundError, match="expected files"):
         run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.fast_dev_run", "1",
-            "--data.root", str(tmp_path), "--data.download", "false")  # fmt: skip
+            "--data.root", str(tmp_path), "--data.download", "false", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip

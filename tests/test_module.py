@@ -8,7 +8,8 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lightning_noprop.checkpointing import AtomicCheckpointIO, CheckpointMismatchError
 from lightning_noprop.nn import LearnedEmbedding
-from lightning_noprop.strategies import Backprop, NoPropDT
+from lightning_noprop.schedules import LearnedSchedule
+from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM
 from lightning_noprop.trainer_checks import check_trainer_supports
 
 from .helpers import synthetic_data, tiny_module, trainer
@@ -46,6 +47,41 @@ def test_one_optimizer_per_block_plus_shared():
     fit_trainer.fit(module, synthetic_data())
     assert len(fit_trainer.optimizers) == 4
     assert len(fit_trainer.optimizers[3].param_groups[0]["params"]) == 3  # head weight, head bias, W_Embed
+
+
+@pytest.mark.parametrize(
+    ("make", "optimizers"),
+    [
+        (lambda: NoPropCT(width=16, inference_steps=5, noise_schedule=LearnedSchedule(hidden=8)), 2),
+        (lambda: NoPropFM(width=16, inference_steps=5), 1),  # one-hot: no anchor, so no shared parameters
+        (lambda: NoPropFM(width=16, inference_steps=5, embedding=LearnedEmbedding(8)), 2),
+    ],
+    ids=["ct", "fm-one-hot", "fm-learned"],
+)
+@pytest.mark.parametrize("mode", ["joint", "per_block"])
+def test_continuous_strategies_train_through_the_same_mechanics(make, optimizers, mode):
+    module = tiny_module(strategy=make(), backward_mode=mode)
+    before = _params(module)
+    fit_trainer = trainer(limit_train_batches=2, limit_val_batches=1)
+    fit_trainer.fit(module, synthetic_data())
+    assert len(fit_trainer.optimizers) == optimizers
+    after = module.state_dict()
+    assert not torch.equal(before["strategy.network.fuse.0.weight"], after["strategy.network.fuse.0.weight"])
+    if isinstance(module.strategy, NoPropCT):
+        assert before["strategy.noise_schedule.gamma_0"] != after["strategy.noise_schedule.gamma_0"], "schedule not trained"
+    assert 0.0 <= fit_trainer.callback_metrics["val/acc"] <= 1.0
+
+
+def test_validation_inference_steps_shortens_validation_but_not_test():
+    strategy = NoPropFM(width=16, inference_steps=12)
+    module = tiny_module(strategy=strategy, validation_inference_steps=3)
+    steps = []
+    original = strategy.predict
+    strategy.predict = lambda x, num_steps=None: steps.append(num_steps) or original(x, num_steps)
+    fit_trainer = trainer(limit_train_batches=1, limit_val_batches=1, limit_test_batches=1)
+    fit_trainer.fit(module, synthetic_data())
+    fit_trainer.test(module, synthetic_data(), verbose=False)
+    assert steps == [3, None], "validation on the short grid, test on the strategy's full inference_steps"
 
 
 def test_per_block_gradient_clipping_bounds_each_block():

@@ -27,3 +27,26 @@ def test_block_rejects_wrong_z():
         block(torch.randn(2, 1, 28, 28), torch.randn(2, 10))
     with pytest.raises(AssertionError, match="expected images of shape"):
         block(torch.randn(2, 3, 28, 28), torch.randn(2, 20))
+
+
+def test_ct_fm_network_matches_fig6_without_batchnorm():
+    from lightning_noprop.nn import TimeConditionedBlock
+
+    network = TimeConditionedBlock((1, 28, 28), num_classes=10, embedding_dim=20)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in network.modules()), "the CT/FM network has no BatchNorm"
+    assert network.fuse[0].in_features == 3 * 256, "image, z and time features are concatenated (768)"
+    assert network.time_encoder[1].in_features == 64, "sinusoidal time embedding of dim 64"
+    x, z, t = torch.randn(3, 1, 28, 28), torch.randn(3, 20), torch.rand(3)
+    network.eval()
+    logits = network(x, z, t)
+    assert logits.shape == (3, 10)
+    assert torch.equal(logits, network.from_image_features(network.image_encoder(x), z, t))
+    assert not torch.allclose(logits, network(x, z, 1 - t)), "the output must depend on t"
+
+
+def test_ct_fm_network_with_prototypes_uses_a_conv_branch_for_z():
+    from lightning_noprop.nn import TimeConditionedBlock
+
+    network = TimeConditionedBlock((1, 28, 28), num_classes=10, embedding_dim=784, z_shape=(1, 28, 28))
+    assert any(isinstance(m, nn.Conv2d) for m in network.label_encoder.modules())
+    assert network(torch.randn(2, 1, 28, 28), torch.randn(2, 784), torch.rand(2)).shape == (2, 10)

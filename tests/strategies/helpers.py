@@ -17,3 +17,17 @@ def tiny_dt(num_blocks: int = 3, num_classes: int = 4, **kwargs) -> NoPropDT:
 
 def batch(size: int = 6, num_classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(size, *IMAGE_SHAPE), torch.arange(size) % num_classes
+
+
+def tiny(strategy_class, num_classes: int = 4, **kwargs):
+    """A built strategy with narrow layers (8x8 images); CT/FM get a small schedule network and 20 sampler steps."""
+    from lightning_noprop.strategies import NoPropCT
+
+    options = {"width": 16, "inference_steps": 20}
+    if strategy_class is NoPropCT and "noise_schedule" not in kwargs:
+        from lightning_noprop.schedules import LearnedSchedule
+
+        options["noise_schedule"] = LearnedSchedule(hidden=16)
+    strategy = strategy_class(**{**options, **kwargs})
+    strategy.build(num_classes, IMAGE_SHAPE)
+    return strategy
