@@ -38,7 +38,8 @@ class NoPropDT(EmbeddingStrategy):
         num_blocks: T, the number of blocks (paper: 10).
         embedding: class embedding W_Embed; None means one-hot.
         head: output head; None means the softmax head.
-        noise_schedule: alpha_bar(t) evaluated at t_i = i / T; None means the clamped flipped cosine schedule.
+        noise_schedule: alpha_bar(t) evaluated at t_i = i / T; None means the clamped flipped cosine schedule. A
+            ``LearnedSchedule`` also works: it is then trained by every block's loss with the shared parameters.
         eta: weight of the denoising term (paper: 0.1).
         dropout: dropout in each block's convolutional encoders (paper: 0.2).
         width: hidden width of each block (paper: 256).
@@ -84,6 +85,10 @@ class NoPropDT(EmbeddingStrategy):
 
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         return list(self.blocks[block].parameters())
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        # A learned schedule (e.g. LearnedSchedule) weights every block's loss, so it is shared like the head.
+        return super().shared_parameters() + [p for p in self.noise_schedule.parameters() if p.requires_grad]
 
     def alpha_bar(self) -> Tensor:
         """alpha_bar on the grid t_i = i / T, i = 0..T: shape (T + 1,)."""

@@ -129,3 +129,17 @@ def test_nearest_readout_scores_by_distance_to_class_embeddings():
     x, y = batch(50)
     _oracle(strategy, y)
     assert (strategy.predict(x).logits.argmax(1) == y).all()
+
+
+def test_a_learned_schedule_is_shared_by_every_block_and_trained():
+    from lightning_noprop.schedules import LearnedSchedule
+
+    strategy = tiny_dt(noise_schedule=LearnedSchedule(hidden=8))
+    shared = {id(p) for p in strategy.shared_parameters()}
+    assert {id(p) for p in strategy.noise_schedule.parameters()} <= shared
+    x, y = batch()
+    for block in range(3):
+        strategy.zero_grad()
+        strategy.block_loss(x, y, block).loss.backward()
+        assert strategy.noise_schedule.gamma_0.grad.abs() > 0, f"block {block}'s loss must reach the schedule"
+    assert torch.isfinite(strategy.eval().predict(x).logits).all()
