@@ -6,8 +6,9 @@
 Each case runs in its own process (so peak RSS on CPU is its own) through Trainer.fit with the product's module,
 on the same synthetic data (seed 0), batch 128. Training samples/s counts the timed batches only (after warm-up,
 CUDA-synchronised), at the CLI's default precision unless --precision says otherwise; peak memory is torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s
-is strategy.predict on one batch in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the DT-matched
-backprop baseline measured in the same run. Prints a markdown table.
+is strategy.predict on one batch in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
+baseline of the same architecture measured in the same run (the DT-matched chain for NoProp; the same ResNet-18
+with K = 1 for BWBPF, whose cases run with --cases). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# case: (strategy class, its kwargs, module kwargs, the baseline case its ratios are against)
 CASES = {
-    "backprop": ("Backprop", {}, {}),
-    "noprop_dt joint": ("NoPropDT", {}, {"backward_mode": "joint"}),
-    "noprop_dt per_block": ("NoPropDT", {}, {"backward_mode": "per_block"}),
-    "noprop_ct": ("NoPropCT", {}, {}),
-    "noprop_fm": ("NoPropFM", {}, {}),
+    "backprop": ("Backprop", {}, {}, "backprop"),
+    "noprop_dt joint": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
+    "noprop_dt per_block": ("NoPropDT", {}, {"backward_mode": "per_block"}, "backprop"),
+    "noprop_ct": ("NoPropCT", {}, {}, "backprop"),
+    "noprop_fm": ("NoPropFM", {}, {}, "backprop"),
+    "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
+    "bwbpf resnet18 K=4 joint": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "joint"}, "resnet18 backprop (K=1)"),
+    "bwbpf resnet18 K=4 per_block": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "per_block"}, "resnet18 backprop (K=1)"),
 }
+DEFAULT_CASES = [name for name, case in CASES.items() if case[0] != "BWBPF"]
 ADAM = {"NoPropCT", "NoPropFM"}  # Table 3: Adam (coupled L2) for CT/FM, AdamW for DT and backprop
+SGD = {"BWBPF"}  # the public BWBPF recipe: SGD lr 0.1, momentum 0.9, wd 5e-4
 
 
 def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str | None) -> dict:
@@ -62,14 +69,17 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
                 torch.cuda.synchronize()
             self.end = time.perf_counter()
 
-    strategy_name, strategy_kwargs, module_kwargs = CASES[name]
+    strategy_name, strategy_kwargs, module_kwargs, _ = CASES[name]
     seed_everything(0, verbose=False)
-    optimizer = torch.optim.Adam if strategy_name in ADAM else torch.optim.AdamW
+    if strategy_name in SGD:
+        optimizer = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = partial(torch.optim.Adam if strategy_name in ADAM else torch.optim.AdamW, lr=1e-3, weight_decay=1e-3)
     data = ImageDataModule(dataset=dataset, synthetic=True, synthetic_size=128 * (batches + warmup) + 128,
                            val_size=128, batch_size=128)  # fmt: skip
     strategy = getattr(strategies, strategy_name)(**strategy_kwargs)
     module = LocalLearningModule(strategy, num_classes=data.num_classes, image_shape=data.image_shape,
-                                 optimizer=partial(optimizer, lr=1e-3, weight_decay=1e-3),
+                                 optimizer=optimizer,
                                  train_accuracy_every_n_steps=0, **module_kwargs)  # fmt: skip
     timer = Timer()
     trainer = Trainer(max_epochs=1, precision=precision or default_precision(), limit_train_batches=batches + warmup, limit_val_batches=0, logger=False,
@@ -105,7 +115,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist", "cifar10", "cifar100"])
     parser.add_argument("--batches", type=int, default=20, help="timed training batches of 128")
     parser.add_argument("--warmup", type=int, default=5, help="untimed training batches first")
-    parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"subset of {list(CASES)}")
+    parser.add_argument("--cases", nargs="*", default=DEFAULT_CASES, help=f"any of {list(CASES)} (default: the NoProp ones)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help="Trainer precision (default: the CLI's, bf16-mixed on GPU)")
     parser.add_argument("--out", default=None, help="append one JSON line per case to this file")
@@ -127,13 +137,14 @@ def main() -> None:
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # fmt: skip
-    base = next((r for r in rows if r["case"] == "backprop"), None)
+    by_name = {r["case"]: r for r in rows}
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
           f"{hardware}; torch {torch.__version__}, lightning {lightning.__version__}; commit {commit}; seed 0; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
-    print("| case | precision | train samples/s | x backprop | peak memory GiB | x backprop | inference samples/s |")
+    print("| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        base = by_name.get(CASES[r["case"]][3])
         speed = f"{r['train_samples_per_s'] / base['train_samples_per_s']:.2f}" if base else "-"
         memory = f"{r['peak_mem_gib'] / base['peak_mem_gib']:.2f}" if base else "-"
         inference = ", ".join(f"{k} steps: {v:.0f}" if k != "all" else f"{v:.0f}" for k, v in r["inference_samples_per_s"].items())

@@ -82,6 +82,12 @@ class LocalLearningModule(LightningModule):
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
         strategy.build(num_classes, image_shape)
+        if strategy.requires_joint_backward and (backward_mode, block_order) != ("joint", "every_batch"):
+            raise ValueError(
+                f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
+                f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
+                f"got {backward_mode!r} and {block_order!r}."
+            )
         self.strategy = strategy
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -165,13 +171,13 @@ class LocalLearningModule(LightningModule):
                     self.manual_backward(r.loss)
                     optimizers[r.block].step()
                 # Keep only the value: holding the loss would keep its graph alive past the next block.
-                results.append(BlockLoss(r.block, r.loss.detach(), r.terms))
+                results.append(BlockLoss(r.block, r.loss.detach(), r.terms, r.logits))
         if shared is not None:
             shared.step()
         if self.hparams.lr_scheduler_interval == "step":
             for scheduler in self._schedulers():
                 scheduler.step()
-        self._log_losses("train", results)
+        self._log_losses("train", results, y)
         every = self.hparams.train_accuracy_every_n_steps
         if every and batch_idx % every == 0:
             self._log_accuracy("train", self.train_accuracy, self._predict_in_eval_mode(x), y)
@@ -221,19 +227,21 @@ class LocalLearningModule(LightningModule):
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
         results = list(self.strategy.local_losses(x, y, range(self.strategy.num_local_losses)))
-        self._log_losses(stage, results, per_block=False)
+        self._log_losses(stage, results, y)
         steps = self.hparams.validation_inference_steps if stage == "val" else None
         self._log_accuracy(stage, metric, self.strategy.predict(x, steps), y)
 
-    def _log_losses(self, stage: str, results: list[BlockLoss], per_block: bool = True) -> None:
+    def _log_losses(self, stage: str, results: list[BlockLoss], y: Tensor) -> None:
         if not results:
             return
         on_step = stage == "train"
         self.log(f"{stage}/loss", torch.stack([r.loss.detach() for r in results]).sum(), prog_bar=True,
                  on_step=on_step, on_epoch=True)  # fmt: skip
-        if per_block:
-            for r in results:
-                self.log(f"{stage}/block_{r.block}/loss", r.loss.detach(), on_step=on_step, on_epoch=True)
+        for r in results:
+            self.log(f"{stage}/block_{r.block}/loss", r.loss.detach(), on_step=on_step, on_epoch=True)
+            if r.logits is not None:  # a block with its own classifier: its accuracy, averaged over samples
+                accuracy = (r.logits.argmax(-1) == y).float().mean()
+                self.log(f"{stage}/block_{r.block}/acc", accuracy, on_step=on_step, on_epoch=True, batch_size=y.shape[0])
         for key in results[0].terms:
             self.log(f"{stage}/{key}", torch.stack([r.terms[key] for r in results]).mean(), on_step=on_step,
                      on_epoch=True)  # fmt: skip

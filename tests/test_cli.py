@@ -20,7 +20,9 @@ def test_configs_exist():
     assert {"noprop_dt.yaml", "backprop.yaml", "cifar10/noprop_dt.yaml", "cifar10/backprop.yaml",
             "cifar100/noprop_dt.yaml", "cifar100/backprop.yaml", "noprop_ct.yaml", "noprop_fm.yaml",
             "cifar10/noprop_ct.yaml", "cifar10/noprop_fm.yaml", "cifar100/noprop_ct.yaml",
-            "cifar100/noprop_fm.yaml"} <= names  # fmt: skip
+            "cifar100/noprop_fm.yaml", "bwbpf.yaml", "bwbpf/backprop_resnet18.yaml", "bwbpf/resnet50.yaml",
+            "bwbpf/resnet101.yaml", "bwbpf/resnet152.yaml", "bwbpf/vgg19.yaml",
+            "bwbpf/tiny_imagenet_resnet50.yaml"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,22 +11,26 @@ import torch
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
+from lightning_noprop.data.tiny_imagenet import read_tiny_imagenet
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything the project needs to know about one torchvision dataset.
+    """Everything the project needs to know about one dataset.
 
     Attributes:
-        torchvision_class: the torchvision dataset (it knows the download URLs and checksums).
+        torchvision_class: the torchvision dataset (it knows the download URLs and checksums); None for a
+            dataset read by ``reader`` that cannot be downloaded automatically.
         folder: the folder torchvision reads under ``root``.
         files: the files that must be in ``root/folder`` for an offline load.
         num_classes: m.
         image_shape: (C, H, W).
         mean, std: per-channel statistics of the training split, for normalisation.
         source: where a user can get the files by hand.
+        reader: (root/folder, train) -> (uint8 images (N, C, H, W), labels (N,)), for datasets torchvision lacks.
     """
 
-    torchvision_class: type
+    torchvision_class: type | None
     folder: str
     files: tuple[str, ...]
     num_classes: int
@@ -33,6 +38,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    reader: Callable[[Path, bool], tuple[Tensor, Tensor]] | None = None
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -56,6 +62,12 @@ DATASETS: dict[str, DatasetSpec] = {
         tv_datasets.CIFAR100, "cifar-100-python", ("train", "test", "meta"),
         100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
         "cifar-100-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html, extracted",
+    ),
+    "tiny_imagenet": DatasetSpec(
+        None, "tiny-imagenet-200", ("wnids.txt", "val/val_annotations.txt"),
+        200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821),
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped (it is not downloaded automatically)",
+        read_tiny_imagenet,
     ),
 }  # fmt: skip
 
@@ -87,6 +99,9 @@ def download(name: str, root: Path) -> None:
     spec = DATASETS[name]
     if not missing_files(spec, root):
         return
+    if spec.torchvision_class is None:
+        raise DatasetNotFoundError(not_found_message(name, spec, root, "not found, and it cannot be downloaded "
+                                                     "automatically; download and unzip it by hand."))  # fmt: skip
     try:
         for train in (True, False):
             spec.torchvision_class(str(root), train=train, download=True)
@@ -103,16 +118,22 @@ def load_split(name: str, root: Path, train: bool) -> tuple[Tensor, Tensor]:
     if missing:
         raise DatasetNotFoundError(not_found_message(name, spec, root, f"missing {', '.join(missing)}."))
     try:
-        dataset = spec.torchvision_class(str(root), train=train, download=False)
-        images = torch.as_tensor(np.asarray(dataset.data))
-        labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long)
+        if spec.reader is not None:
+            images, labels = spec.reader(root / spec.folder, train)
+        else:
+            dataset = spec.torchvision_class(str(root), train=train, download=False)
+            images = torch.as_tensor(np.asarray(dataset.data))
+            labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long)
     except Exception as error:  # truncated idx files, bad pickles, failed checksums
         raise DatasetNotFoundError(
             not_found_message(name, spec, root, f"the files are there but could not be read ({type(error).__name__}: "
                               f"{error}); they are probably corrupt: delete them and download again.")
         ) from error
-    # MNIST-like: (N, H, W); CIFAR: (N, H, W, C).
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
+    # MNIST-like: (N, H, W); CIFAR: (N, H, W, C); readers: already (N, C, H, W).
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif spec.reader is None:
+        images = images.permute(0, 3, 1, 2).contiguous()
     if tuple(images.shape[1:]) != spec.image_shape or images.shape[0] != labels.shape[0]:
         raise DatasetNotFoundError(
             not_found_message(name, spec, root, f"read images of shape {tuple(images.shape)} and {labels.shape[0]} "

@@ -26,11 +26,14 @@ class BlockLoss:
         block: index of the block (and of its optimizer) that this loss trains, in [0, num_local_losses).
         loss: scalar tensor to back-propagate.
         terms: detached scalar parts of the loss, for logging (e.g. ``{"ce": ..., "kl": ...}``).
+        logits: detached (B, m) class scores of this block's own classifier, when it has one (BWBPF); the module
+            logs their accuracy as ``<stage>/block_<i>/acc``.
     """
 
     block: int
     loss: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+    logits: Tensor | None = None
 
 
 @dataclass
@@ -101,6 +104,12 @@ class Strategy(nn.Module, ABC):
     @property
     def requires_data_init(self) -> bool:
         """True when ``initialize_from_data`` must see the training split before training starts."""
+        return False
+
+    @property
+    def requires_joint_backward(self) -> bool:
+        """True when a local loss depends on other blocks' parameters, so only ``backward_mode="joint"`` with
+        every block trained on every batch computes its gradients correctly."""
         return False
 
     def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:

@@ -70,3 +70,81 @@ def test_real_mnist_splits_and_normalisation(mnist_root):
 def test_unknown_dataset_is_refused():
     with pytest.raises(ValueError, match="choose one of"):
         ImageDataModule(dataset="imagenet")
+
+
+# ------------------------------------------------------------------------------------- augmentation
+from lightning_noprop.data.augment import random_crop_flip  # noqa: E402
+
+
+def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
+    torch.manual_seed(0)
+    images = torch.arange(1, 2 * 3 * 8 * 8 + 1, dtype=torch.float32).view(2, 3, 8, 8)
+    out = random_crop_flip(images, padding=2, flip=False)
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) for w in windows), "each output must be one crop of its padded input"
+
+
+def test_flip_mirrors_about_half_the_batch():
+    torch.manual_seed(0)
+    images = torch.randn(400, 1, 4, 4)
+    out = random_crop_flip(images, padding=0)
+    flipped = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, images)]).float().mean()
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images)]).float().mean()
+    assert 0.4 < flipped < 0.6 and flipped + kept == 1
+
+
+def test_augmentation_only_on_training_batches():
+    data = ImageDataModule(dataset="cifar10", synthetic=True, synthetic_size=64, val_size=16, batch_size=16, augment=True)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+
+    class Stage:
+        training = False
+
+    data.trainer = Stage()
+    assert torch.equal(data.on_after_batch_transfer(batch, 0)[0], data.normalize_images(batch[0]))
+    Stage.training = True
+    assert not torch.equal(data.on_after_batch_transfer(batch, 0)[0], data.normalize_images(batch[0]))
+
+
+# ------------------------------------------------------------------------------------- Tiny-ImageNet
+def _fake_tiny_imagenet(root):
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819"]
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    rows = []
+    for label, wnid in enumerate(wnids):
+        (folder / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), (label * 200, i * 50, 0)).save(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
+        name = f"val_{label}.JPEG"
+        Image.new("RGB", (64, 64), (label * 200, 0, 0)).save(folder / "val" / "images" / name)
+        rows.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+
+
+def test_tiny_imagenet_reads_the_folder_layout(tmp_path):
+    _fake_tiny_imagenet(tmp_path)
+    data = ImageDataModule(dataset="tiny_imagenet", root=str(tmp_path), download=False, val_size=2, batch_size=2)
+    assert data.num_classes == 200 and data.image_shape == (3, 64, 64)
+    data.setup("fit")
+    data.setup("test")
+    images, labels = data.test_set.tensors
+    assert images.shape == (2, 3, 64, 64) and images.dtype == torch.uint8 and labels.tolist() == [0, 1]
+    assert images[1, 0].float().mean() > 150 and images[0, 0].float().mean() < 50, "labels follow wnids.txt order"
+    assert len(data.train_set) + len(data.val_set) == 6
+
+
+def test_missing_tiny_imagenet_says_where_to_get_it(tmp_path):
+    from lightning_noprop.data import DatasetNotFoundError
+
+    data = ImageDataModule(dataset="tiny_imagenet", root=str(tmp_path), download=True)
+    with pytest.raises(DatasetNotFoundError, match="cannot be downloaded automatically") as error:
+        data.prepare_data()
+    assert "tiny-imagenet-200.zip" in str(error.value) and "wnids.txt" in str(error.value)
