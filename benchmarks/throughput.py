@@ -32,6 +32,7 @@ CASES = {
     "backprop": ("Backprop", {}, {}, "backprop"),
     "noprop_dt joint": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
     "noprop_dt per_block": ("NoPropDT", {}, {"backward_mode": "per_block"}, "backprop"),
+    "noprop_dt vmap": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
     "noprop_ct": ("NoPropCT", {}, {}, "backprop"),
     "noprop_fm": ("NoPropFM", {}, {}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),

@@ -64,5 +64,6 @@ def mix_embeddings(weights: Tensor, embedding: Tensor) -> Tensor:
     The denoising loss compares this to u_y under weights of up to ~10^4 (SNR differences, SNR'(t)); a bf16
     matmul would round the mixture to ~3 significant digits and put a floor under that loss.
     """
+    dtype = torch.promote_types(torch.promote_types(weights.dtype, embedding.dtype), torch.float32)  # never below fp32
     with torch.autocast(device_type=weights.device.type, enabled=False):
-        return weights.float() @ embedding.float()
+        return weights.to(dtype) @ embedding.to(dtype)

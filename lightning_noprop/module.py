@@ -145,8 +145,13 @@ class LocalLearningModule(LightningModule):
             return [self.current_epoch % self.strategy.num_local_losses]
         return list(range(self.strategy.num_local_losses))
 
+    def _images(self, images: Tensor) -> Tensor:
+        # The data module normalises to float32 after the precision plugin has converted the batch; follow the
+        # model's dtype (float64 under precision "64-true"; autocast handles the mixed precisions).
+        return images.to(self.dtype) if images.is_floating_point() else images
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
+        x, y = self._images(batch[0]), batch[1]
         optimizers = self._optimizers()
         shared = optimizers[self.strategy.num_local_losses] if len(optimizers) > self.strategy.num_local_losses else None
         blocks = self.active_blocks()
@@ -222,10 +227,10 @@ class LocalLearningModule(LightningModule):
         self._evaluate("test", self.test_accuracy, batch)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Prediction:
-        return self.strategy.predict(batch[0])
+        return self.strategy.predict(self._images(batch[0]))
 
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
-        x, y = batch
+        x, y = self._images(batch[0]), batch[1]
         results = list(self.strategy.local_losses(x, y, range(self.strategy.num_local_losses)))
         self._log_losses(stage, results, y)
         steps = self.hparams.validation_inference_steps if stage == "val" else None

@@ -19,6 +19,7 @@ from lightning_noprop.diffusion import (
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, nearest_embedding_logits
+from lightning_noprop.nn.stacked import call_stacked
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
@@ -47,6 +48,10 @@ class NoPropDT(EmbeddingStrategy):
             posterior mean (eps = 0), which one reimplementation found more accurate.
         readout: how z_T becomes class scores: "head" (the paper) or "nearest" (the nearest class embedding,
             as NoProp-FM reads out; it measures the blocks alone, independently of how far the head has trained).
+        block_execution: how training runs the blocks' forward passes: "loop" (one after another) or "vmap" (one
+            batched computation over the stacked parameters, torch.func; the same losses and updates, each block
+            still with its own optimizer). "vmap" shares one graph across blocks, so it needs the module's
+            backward_mode "joint" and block_order "every_batch".
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class NoPropDT(EmbeddingStrategy):
         width: int = 256,
         inference_noise: bool = True,
         readout: Literal["head", "nearest"] = "head",
+        block_execution: Literal["loop", "vmap"] = "loop",
     ) -> None:
         super().__init__(embedding, head)
         if num_blocks < 1:
@@ -73,8 +79,11 @@ class NoPropDT(EmbeddingStrategy):
         self.width = width
         if readout not in ("head", "nearest"):
             raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
+        if block_execution not in ("loop", "vmap"):
+            raise ValueError(f"block_execution must be 'loop' or 'vmap', got {block_execution!r}.")
         self.inference_noise = inference_noise
         self.readout = readout
+        self.block_execution = block_execution
 
     def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
         self.blocks = denoising_blocks(self.num_blocks, image_shape, num_classes, self.embedding, self.dropout, self.width)
@@ -109,9 +118,42 @@ class NoPropDT(EmbeddingStrategy):
         """u_hat_t(z, x) = softmax(logits_t) @ W_Embed for code index ``block`` = t - 1. Returns (B, d)."""
         return mix_embeddings(self.blocks[block](x, z).softmax(dim=-1), embedding)
 
+    @property
+    def requires_joint_backward(self) -> bool:
+        return self.block_execution == "vmap"
+
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
+        if self.block_execution == "vmap" and len(blocks) > 1:
+            yield from self.stacked_block_losses(x, y, blocks)
+            return
         for block in blocks:
             yield self.block_loss(x, y, block)
+
+    def stacked_block_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> list[BlockLoss]:
+        """``[block_loss(x, y, b) for b in blocks]`` with the blocks' forward passes run as one vmapped call.
+
+        The noise is drawn in the same order as the loop draws it, so without dropout both give the same losses.
+        """
+        embedding = self.embedding.weight
+        u = self.embedding(y)
+        alpha_bar = self.alpha_bar()
+        z_prev, z_last = [], []
+        for block in blocks:
+            z_prev.append(sample_q(u, alpha_bar[block]))
+            z_last.append(sample_q(u, alpha_bar[-1]))
+        logits = call_stacked([self.blocks[b] for b in blocks], x, torch.stack(z_prev))  # (K, B, m)
+        u_hat = mix_embeddings(logits.softmax(dim=-1), embedding)  # (K, B, d)
+        weights = self.loss_weights(alpha_bar)[list(blocks)]
+        denoise = weights * (u_hat - u).pow(2).sum(-1).mean(-1)  # (K,)
+        z_last = torch.stack(z_last)  # (K, B, d)
+        head_logits = self.head(z_last.flatten(0, 1), embedding)
+        ce = F.cross_entropy(head_logits, y.repeat(len(blocks)), reduction="none").view(len(blocks), -1).mean(-1)
+        kl = kl_to_standard_normal(u, alpha_bar[0]).mean()
+        return [
+            BlockLoss(block=b, loss=ce[i] + kl + denoise[i],
+                      terms={"ce": ce[i].detach(), "kl": kl.detach(), "denoise": denoise[i].detach()})
+            for i, b in enumerate(blocks)
+        ]  # fmt: skip
 
     def block_loss(self, x: Tensor, y: Tensor, block: int) -> BlockLoss:
         """L_t of Eq. 8 for code index ``block`` = t - 1."""

@@ -1,0 +1,56 @@
+"""Run K same-shaped blocks as one batched computation (torch.func.vmap over their stacked parameters).
+
+NoProp-DT's blocks see independent inputs, so their forward passes need not run one after another: stacking
+each parameter across blocks turns K small convolutions and matmuls into one grouped/batched kernel each. The
+stack is differentiable, so gradients land in each block's own parameters and every block keeps its own
+optimizer. BatchNorm running statistics are updated on the stacked copies and written back.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+_TEMPLATES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _template(module: nn.Module) -> nn.Module:
+    """A parameter-free (meta-device) copy of ``module`` that functional_call fills with stacked tensors."""
+    if module not in _TEMPLATES:
+        _TEMPLATES[module] = copy.deepcopy(module).to("meta")
+    template = _TEMPLATES[module]
+    template.train(module.training)
+    return template
+
+
+def call_stacked(modules: Sequence[nn.Module], shared: Tensor, per_module: Tensor) -> Tensor:
+    """``torch.stack([m(shared, per_module[k]) for k, m in enumerate(modules)])``, computed as one vmapped call.
+
+    modules: K modules of identical structure (and train/eval mode); shared: an input every module sees (e.g. the
+    images (B, C, H, W)); per_module: (K, ...) one input per module. Returns (K, ...). Dropout draws independent
+    masks per module (``randomness="different"``), from a different RNG sequence than K separate calls.
+    """
+    assert len(modules) == per_module.shape[0], f"{len(modules)} modules but {per_module.shape[0]} inputs"
+    names = [name for name, _ in modules[0].named_parameters()]
+    buffer_names = [name for name, _ in modules[0].named_buffers()]
+    all_params = [dict(m.named_parameters()) for m in modules]
+    all_buffers = [dict(m.named_buffers()) for m in modules]
+    params = {name: torch.stack([p[name] for p in all_params]) for name in names}
+    buffers = {name: torch.stack([b[name] for b in all_buffers]) for name in buffer_names}
+    template = _template(modules[0])
+
+    def one(p: dict[str, Tensor], b: dict[str, Tensor], z: Tensor) -> Tensor:
+        return functional_call(template, (p, b), (shared, z))
+
+    out = vmap(one, in_dims=(0, 0, 0), randomness="different")(params, buffers, per_module)
+    if any(m.training for m in modules):
+        with torch.no_grad():  # BatchNorm updated the stacked running statistics in place
+            for k, module_buffers in enumerate(all_buffers):
+                for name in buffer_names:
+                    module_buffers[name].copy_(buffers[name][k])
+    return out
