@@ -1,0 +1,163 @@
+"""Reproduce the MNIST rows of the paper's Table 1: seeds x inference runs, mean and standard error, curves.
+
+    python benchmarks/accuracy.py --epochs 100 --data-root ../shared/datasets          # the paper's budget (GPU)
+    python benchmarks/accuracy.py --epochs 1 --train-size 2000 --test-size 1000 \\
+        --inference-steps 100 --rows dt-onehot ct-onehot                                # a short CPU version
+
+Each row is a config of configs/ with overrides, trained through the same CLI as `python main.py fit` for each
+seed; the last epoch's weights are tested ``--inference-runs`` times with different noise (the paper: 3 seeds x 5
+inference runs). Prints a markdown table (mean +- standard error over all seed x run values), and writes to
+``--out-dir``: results.jsonl, accuracy_vs_epoch.png, accuracy_vs_time.png (validation accuracy) and anytime.png
+(test accuracy when inference stops after k blocks / uses k steps). Curves need matplotlib
+(benchmarks/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_noprop.cli import main as cli_main  # noqa: E402
+
+EMBED = "--model.strategy.init_args.embedding"
+ROWS = {
+    "backprop": ("configs/backprop.yaml", []),
+    "dt-onehot": ("configs/noprop_dt.yaml", []),
+    "dt-dim20": ("configs/noprop_dt.yaml", [EMBED, "lightning_noprop.nn.LearnedEmbedding"]),
+    "dt-prototype": ("configs/noprop_dt.yaml", [EMBED, "lightning_noprop.nn.PrototypeEmbedding"]),
+    "ct-onehot": ("configs/noprop_ct.yaml", []),
+    "fm-onehot": ("configs/noprop_fm.yaml", []),
+}
+CONTINUOUS = {"ct-onehot", "fm-onehot"}
+
+
+class Curve(Callback):
+    """Validation accuracy after each epoch, with the wall time since fit started."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, float, float]] = []
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # validation has run by now
+        accuracy = float(trainer.callback_metrics.get("val/acc", float("nan")))
+        self.points.append((trainer.current_epoch + 1, time.perf_counter() - self.start, accuracy))
+
+
+@torch.no_grad()
+def anytime(model, datamodule, steps: list[int]) -> dict[int, float]:
+    """Test accuracy when inference uses ``k`` blocks (DT, backprop) or ``k`` sampler steps (CT, FM)."""
+    model.eval()
+    images, labels = datamodule.test_set.tensors
+    accuracy = {}
+    for k in steps:
+        torch.manual_seed(0)
+        correct = 0
+        for start in range(0, len(labels), 500):
+            x = datamodule.normalize_images(images[start : start + 500].to(model.device)).to(model.dtype)
+            correct += (model.strategy.predict(x, k).logits.argmax(1).cpu() == labels[start : start + 500]).sum().item()
+        accuracy[k] = correct / len(labels)
+    return accuracy
+
+
+def run(row: str, seed: int, args: argparse.Namespace) -> dict:
+    config, overrides = ROWS[row]
+    extra = ["--data.train_size", str(args.train_size)] if args.train_size else []
+    extra += ["--data.test_size", str(args.test_size)] if args.test_size else []
+    extra += ["--data.val_size", str(args.val_size)] if args.val_size is not None else []
+    if row in CONTINUOUS and args.inference_steps:
+        extra += ["--model.strategy.init_args.inference_steps", str(args.inference_steps)]
+    workdir = tempfile.mkdtemp(prefix="accuracy_")
+    cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
+                         str(args.epochs), "--data.root", args.data_root, "--data.download", "false",
+                         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", workdir,
+                         "--trainer.logger.init_args.save_dir", workdir], run=False)  # fmt: skip
+    curve = Curve()
+    cli.trainer.callbacks.append(curve)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    tests = []
+    for inference_run in range(args.inference_runs):
+        torch.manual_seed(1000 * seed + inference_run)
+        (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+        tests.append(metrics["test/acc"])
+    strategy = cli.model.strategy
+    if row in CONTINUOUS:
+        steps = sorted({1, 10, 100, strategy.inference_steps})
+    else:
+        steps = list(range(1, strategy.num_blocks + 1))
+    return {"row": row, "seed": seed, "epochs": args.epochs, "test_acc": tests, "curve": curve.points,
+            "anytime": anytime(cli.model, cli.datamodule, steps), "config": config, "overrides": overrides + extra}  # fmt: skip
+
+
+def plot(results: list[dict], out_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -r benchmarks/requirements.txt): no curves written")
+        return
+    for name, x_index, x_label in (("accuracy_vs_epoch", 0, "epoch"), ("accuracy_vs_time", 1, "wall time (s)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in results:
+            ax.plot([p[x_index] for p in r["curve"]], [p[2] for p in r["curve"]], marker="o",
+                    label=f"{r['row']} seed {r['seed']}")  # fmt: skip
+        ax.set(xlabel=x_label, ylabel="validation accuracy", title="MNIST")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}.png", dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        ks = sorted(int(k) for k in r["anytime"])
+        ax.plot(ks, [r["anytime"][k] for k in ks], marker="o", label=f"{r['row']} seed {r['seed']}")
+    ax.set(xscale="log", xlabel="blocks (DT, backprop) or sampler steps (CT, FM)", ylabel="test accuracy",
+           title="Anytime inference")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "anytime.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--inference-runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=100, help="the paper: 100 on MNIST")
+    parser.add_argument("--train-size", type=int, default=None, help="train on a subset (short CPU runs)")
+    parser.add_argument("--test-size", type=int, default=None, help="test on the first n test images")
+    parser.add_argument("--val-size", type=int, default=None, help="validation images held out (config: 5000)")
+    parser.add_argument("--inference-steps", type=int, default=None, help="CT/FM test-time steps (config: 1000)")
+    parser.add_argument("--data-root", default="../shared/datasets")
+    parser.add_argument("--out-dir", default="benchmarks/results/accuracy")
+    args = parser.parse_args()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for row in args.rows:
+        for seed in args.seeds:
+            results.append(run(row, seed, args))
+            with open(out_dir / "results.jsonl", "a") as f:
+                f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}) + "\n")
+    plot(results, out_dir)
+    print(f"| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |\n|---|---|---|---|")
+    for row in args.rows:
+        values = [a for r in results if r["row"] == row for a in r["test_acc"]]
+        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        print(f"| {row} | {args.epochs} | {len(args.seeds)} x {args.inference_runs} | "
+              f"{100 * statistics.mean(values):.2f} +- {100 * se:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
