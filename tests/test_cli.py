@@ -48,6 +48,7 @@ SMALL = {
     "configs/noprop_dt.yaml": ["--model.strategy.init_args.num_blocks", "2"],
     "configs/noprop_ct.yaml": ["--model.strategy.init_args.inference_steps", "5", "--model.validation_inference_steps", "2"],
     "configs/noprop_fm.yaml": ["--model.strategy.init_args.inference_steps", "5", "--model.validation_inference_steps", "2"],
+    "configs/bwbpf.yaml": ["--model.strategy.init_args.backbone.init_args.width", "8"],
 }
 
 
