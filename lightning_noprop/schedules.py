@@ -159,16 +159,27 @@ class LearnedSchedule(NoiseSchedule):
 
     def g(self, t: Tensor) -> Tensor:
         """The unnormalised monotone network g(t), same shape as ``t``."""
-        h = self.skip(t.unsqueeze(-1)) + self.out(torch.sigmoid(self.hidden(t.unsqueeze(-1))))
-        return h.squeeze(-1)
+        return self._g(t, self._hidden_activation(t))
+
+    def _hidden_activation(self, t: Tensor) -> Tensor:
+        return torch.sigmoid(self.hidden(t.unsqueeze(-1)))  # (..., hidden)
+
+    def _g(self, t: Tensor, hidden_activation: Tensor) -> Tensor:
+        return (self.skip(t.unsqueeze(-1)) + self.out(hidden_activation)).squeeze(-1)
+
+    def _ends(self, device: torch.device) -> Tensor:
+        """g(0) and g(1), shape (2,)."""
+        return self.g(torch.tensor([0.0, 1.0], device=device))
+
+    def _gamma(self, g_t: Tensor, ends: Tensor) -> Tensor:
+        """gamma from g(t) and g(0), g(1): gamma_0 + span (1 - (g(t) - g(0)) / (g(1) - g(0)))."""
+        return self.gamma_0 + self.span() * (1.0 - (g_t - ends[0]) / (ends[1] - ends[0]))
 
     def gamma(self, t: Tensor) -> Tensor:
         """gamma(t) = -log SNR(t), same shape as ``t``, computed in float32 (also under autocast)."""
         t = _float32(t).to(self.gamma_0.device)
         with torch.autocast(device_type=t.device.type, enabled=False):
-            ends = self.g(torch.tensor([0.0, 1.0], device=t.device))
-            gamma_bar = (self.g(t) - ends[0]) / (ends[1] - ends[0])
-            return self.gamma_0 + self.span() * (1.0 - gamma_bar)
+            return self._gamma(self.g(t), self._ends(t.device))
 
     def span(self) -> Tensor:
         """gamma_1 - gamma_0, floored at ``min_span``."""
@@ -184,13 +195,14 @@ class LearnedSchedule(NoiseSchedule):
         return -self.gamma(t)
 
     def snr_derivative(self, t: Tensor) -> Tensor:
-        """dSNR/dt = -gamma'(t) SNR(t) = span g'(t) / (g(1) - g(0)) SNR(t), with g' in closed form."""
+        """dSNR/dt = -gamma'(t) SNR(t) = span g'(t) / (g(1) - g(0)) SNR(t), with g' in closed form. The hidden
+        layer and g(0), g(1) are evaluated once and shared by g(t), g'(t) and SNR(t)."""
         t = _float32(t).to(self.gamma_0.device)
         with torch.autocast(device_type=t.device.type, enabled=False):
-            ends = self.g(torch.tensor([0.0, 1.0], device=t.device))
-            pre = self.hidden(t.unsqueeze(-1))  # (..., hidden)
-            s = torch.sigmoid(pre)
+            ends = self._ends(t.device)
+            s = self._hidden_activation(t)
             w_hidden = nn.functional.softplus(self.hidden.weight).squeeze(-1)  # (hidden,)
             w_out = nn.functional.softplus(self.out.weight).squeeze(0)  # (hidden,)
             g_prime = nn.functional.softplus(self.skip.weight).squeeze() + (s * (1 - s) * w_hidden * w_out).sum(-1)
-            return self.span() * g_prime / (ends[1] - ends[0]) * self.snr(t)
+            snr = torch.exp(-self._gamma(self._g(t, s), ends))
+            return self.span() * g_prime / (ends[1] - ends[0]) * snr

@@ -41,10 +41,10 @@ def test_loss_terms_match_the_ct_objective():
 def test_each_sample_draws_its_own_time():
     strategy = tiny(NoPropCT)
     seen = []
-    original = strategy.noise_schedule.alpha_bar
-    strategy.noise_schedule.alpha_bar = lambda t: seen.append(t.detach().clone()) or original(t)
+    original = strategy.network.from_image_features
+    strategy.network.from_image_features = lambda f, z, t: seen.append(t.detach().clone()) or original(f, z, t)
     strategy.loss(*batch(size=32))
-    per_sample = [t for t in seen if t.numel() == 32]
+    per_sample = [t for t in seen if t.numel() == 32]  # the times the network is conditioned on
     assert per_sample and per_sample[0].unique().numel() == 32 and (0 <= per_sample[0]).all() and (per_sample[0] <= 1).all()
 
 
