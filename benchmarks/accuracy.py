@@ -151,7 +151,7 @@ def main() -> None:
             with open(out_dir / "results.jsonl", "a") as f:
                 f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}) + "\n")
     plot(results, out_dir)
-    print(f"| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |\n|---|---|---|---|")
+    print("| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |\n|---|---|---|---|")
     for row in args.rows:
         values = [a for r in results if r["row"] == row for a in r["test_acc"]]
         se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")

@@ -60,6 +60,17 @@ class PosteriorHead(Head):
         return nearest_embedding_logits(y_tilde, embedding) / self.sigma**2
 
 
+def check_readout(readout: str) -> None:
+    """Refuse a readout other than "head" or "nearest" with the accepted values."""
+    if readout not in ("head", "nearest"):
+        raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
+
+
+def readout_logits(readout: str, head: Head, z: Tensor, embedding: Tensor) -> Tensor:
+    """Class scores (B, m) of a final state z (B, d): the ``head``'s, or -distance to each class embedding."""
+    return head(z, embedding) if readout == "head" else nearest_embedding_logits(z, embedding)
+
+
 def nearest_embedding_logits(z: Tensor, embedding: Tensor) -> Tensor:
     """-||z - u_c||^2 / 2 for every class c: (B, d), (m, d) -> (B, m); argmax is the nearest class embedding."""
     return -0.5 * (z.unsqueeze(1) - embedding.unsqueeze(0)).pow(2).sum(-1)

@@ -6,11 +6,12 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from lightning_noprop.nn.blocks import TimeConditionedBlock
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head, nearest_embedding_logits
+from lightning_noprop.nn.heads import Head, check_readout
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy
 
 
@@ -42,8 +43,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         super().__init__(embedding, head)
         if inference_steps < 1:
             raise ValueError(f"inference_steps must be >= 1, got {inference_steps}.")
-        if readout not in ("head", "nearest"):
-            raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
+        check_readout(readout)
         self.dropout = dropout
         self.width = width
         self.time_dim = time_dim
@@ -73,9 +73,16 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         """The method's loss for images x (B, C, H, W), labels y (B,) at per-sample times t (B,) (drawn
         from U[0, 1] when None)."""
 
-    def readout_logits(self, z: Tensor, embedding: Tensor) -> Tensor:
-        """Class scores (B, m) of the final state z (B, d) through ``readout``."""
-        return self.head(z, embedding) if self.readout == "head" else nearest_embedding_logits(z, embedding)
+    def network_logits(self, x: Tensor, z: Tensor, t: Tensor, image_features: Tensor | None = None) -> Tensor:
+        """The network's logits (B, m) for x (B, C, H, W), z (B, d), t (B,). ``image_features`` (B, width), when
+        given, replaces ``network.image_encoder(x)`` (samplers compute it once per batch)."""
+        features = self.network.image_encoder(x) if image_features is None else image_features
+        return self.network.from_image_features(features, z, t)
+
+    def sampler_start(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """What every sampler starts from: z_0 ~ N(0, I) (B, d) in float32 and the image features (B, width)."""
+        z = torch.randn(x.shape[0], self.embedding.dim, device=x.device, dtype=torch.float32)
+        return z, self.network.image_encoder(x)
 
     def describe(self) -> dict:
         return {**super().describe(), "time_dim": self.time_dim}

@@ -16,7 +16,7 @@ from lightning_noprop.diffusion import (
     sample_q,
 )
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head
+from lightning_noprop.nn.heads import Head, readout_logits
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import LearnedSchedule, NoiseSchedule, autograd_snr_derivative
 from lightning_noprop.strategies.base import BlockLoss, Prediction
@@ -87,8 +87,7 @@ class NoPropCT(ContinuousTimeStrategy):
     def denoise(self, x: Tensor, z: Tensor, t: Tensor, embedding: Tensor, image_features: Tensor | None = None) -> Tensor:
         """u_hat(z, x, t) = softmax(logits) @ W_Embed for x (B, C, H, W), z (B, d), t (B,). Returns (B, d).
         ``image_features`` (B, width), when given, replaces ``network.image_encoder(x)``."""
-        features = self.network.image_encoder(x) if image_features is None else image_features
-        return mix_embeddings(self.network.from_image_features(features, z, t).softmax(dim=-1), embedding)
+        return mix_embeddings(self.network_logits(x, z, t, image_features).softmax(dim=-1), embedding)
 
     def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None) -> BlockLoss:
         embedding = self.embedding.weight
@@ -116,14 +115,13 @@ class NoPropCT(ContinuousTimeStrategy):
         """Eq. 3 on N = ``num_steps`` (default ``inference_steps``) steps; logits by ``readout`` on z_1."""
         steps = self.inference_steps if num_steps is None else num_steps
         embedding = self.embedding.weight
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
-        features = self.network.image_encoder(x)
+        z, features = self.sampler_start(x)
 
         def denoise(k: int, z_k: Tensor) -> Tensor:
             return self.denoise(x, z_k, torch.full((x.shape[0],), k / steps, device=x.device), embedding, features)
 
         z = posterior_chain(denoise, z, self.coefficients(steps), self.inference_noise)
-        return Prediction(logits=self.readout_logits(z, embedding), z=z)
+        return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
 
     def describe(self) -> dict:
         return {**super().describe(), "noise_schedule": type(self.noise_schedule).__name__}

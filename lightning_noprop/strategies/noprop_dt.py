@@ -18,7 +18,7 @@ from lightning_noprop.diffusion import (
 )
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head, nearest_embedding_logits
+from lightning_noprop.nn.heads import Head, check_readout, readout_logits
 from lightning_noprop.nn.stacked import call_stacked
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
@@ -77,8 +77,7 @@ class NoPropDT(EmbeddingStrategy):
         self.eta = eta
         self.dropout = dropout
         self.width = width
-        if readout not in ("head", "nearest"):
-            raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
+        check_readout(readout)
         if block_execution not in ("loop", "vmap"):
             raise ValueError(f"block_execution must be 'loop' or 'vmap', got {block_execution!r}.")
         self.inference_noise = inference_noise
@@ -182,5 +181,5 @@ class NoPropDT(EmbeddingStrategy):
         z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
         z = posterior_chain(lambda t, z_prev: self.denoise(t, x, z_prev, embedding), z, self.coefficients(),
                             self.inference_noise, num_steps)  # fmt: skip
-        logits = self.head(z, embedding) if self.readout == "head" else nearest_embedding_logits(z, embedding)
+        logits = readout_logits(self.readout, self.head, z, embedding)
         return Prediction(logits=logits, z=z)

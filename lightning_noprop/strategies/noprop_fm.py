@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_noprop.diffusion import mix_embeddings
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head
+from lightning_noprop.nn.heads import Head, readout_logits
 from lightning_noprop.samplers import euler_integrate
 from lightning_noprop.strategies.base import BlockLoss, Prediction
 from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
@@ -73,8 +73,7 @@ class NoPropFM(ContinuousTimeStrategy):
     def velocity(self, x: Tensor, z: Tensor, t: Tensor, embedding: Tensor, image_features: Tensor | None = None) -> Tensor:
         """v_hat(z, x, t) = logits @ W_Embed for x (B, C, H, W), z (B, d), t (B,). Returns (B, d).
         ``image_features`` (B, width), when given, replaces ``network.image_encoder(x)``."""
-        features = self.network.image_encoder(x) if image_features is None else image_features
-        return mix_embeddings(self.network.from_image_features(features, z, t), embedding)
+        return mix_embeddings(self.network_logits(x, z, t, image_features), embedding)
 
     def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None, z_0: Tensor | None = None) -> BlockLoss:
         """The FM loss at per-sample times t (B,) and starts z_0 (B, d) (drawn when None)."""
@@ -104,10 +103,9 @@ class NoPropFM(ContinuousTimeStrategy):
         """Euler over N = ``num_steps`` (default ``inference_steps``) steps from z_0 ~ N(0, I); logits by ``readout``."""
         steps = self.inference_steps if num_steps is None else num_steps
         embedding = self.embedding.weight
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
-        features = self.network.image_encoder(x)
+        z, features = self.sampler_start(x)
         z = euler_integrate(lambda z_t, t: self.velocity(x, z_t, t, embedding, features), z, steps)
-        return Prediction(logits=self.readout_logits(z, embedding), z=z)
+        return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
 
     def describe(self) -> dict:
         return {**super().describe(), "anchor_loss": self.anchor_loss}

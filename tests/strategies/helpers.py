@@ -31,3 +31,14 @@ def tiny(strategy_class, num_classes: int = 4, **kwargs):
     strategy = strategy_class(**{**options, **kwargs})
     strategy.build(num_classes, IMAGE_SHAPE)
     return strategy
+
+
+def assert_trains_and_predicts(strategy) -> None:
+    """One CT/FM loss on a small batch back-propagates to a finite value and a 5-step prediction has shape (B, m)."""
+    x, y = batch()
+    if strategy.requires_data_init:
+        strategy.initialize_from_data(x, y)
+    loss = strategy.loss(x, y)
+    loss.loss.backward()
+    assert torch.isfinite(loss.loss)
+    assert strategy.eval().predict(x, 5).logits.shape == (6, 4)

@@ -8,7 +8,7 @@ from lightning_noprop.schedules import CosineSchedule
 from lightning_noprop.strategies import NoPropCT
 
 from ..helpers import tiny_module, trainer
-from .helpers import batch, tiny
+from .helpers import assert_trains_and_predicts, batch, tiny
 
 
 def test_loss_terms_match_the_ct_objective():
@@ -114,14 +114,7 @@ def test_deterministic_variant_depends_only_on_z0_and_converges_with_the_step_co
 def test_every_embedding_and_head(embedding, head):
     import copy
 
-    strategy = tiny(NoPropCT, embedding=copy.deepcopy(embedding), head=copy.deepcopy(head))
-    x, y = batch()
-    if strategy.requires_data_init:
-        strategy.initialize_from_data(x, y)
-    loss = strategy.loss(x, y)
-    loss.loss.backward()
-    assert torch.isfinite(loss.loss)
-    assert strategy.eval().predict(x, 5).logits.shape == (6, 4)
+    assert_trains_and_predicts(tiny(NoPropCT, embedding=copy.deepcopy(embedding), head=copy.deepcopy(head)))
 
 
 def test_fixed_cosine_schedule_is_an_option():

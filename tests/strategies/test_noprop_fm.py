@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lightning_noprop.nn import LearnedEmbedding, OneHotEmbedding, PosteriorHead, PrototypeEmbedding, SoftmaxHead
 from lightning_noprop.strategies import NoPropFM
 
-from .helpers import batch, tiny
+from .helpers import assert_trains_and_predicts, batch, tiny
 
 
 def _fixed_inputs(d: int):
@@ -99,14 +99,7 @@ def test_gradients_reach_network_head_and_embedding_only_through_the_loss():
                          ids=["one-hot", "dim20", "prototype"])  # fmt: skip
 @pytest.mark.parametrize("head", [SoftmaxHead(), PosteriorHead()], ids=["softmax", "posterior"])
 def test_every_embedding_and_head(embedding, head):
-    strategy = tiny(NoPropFM, embedding=copy.deepcopy(embedding), head=copy.deepcopy(head), sigma=0.05)
-    x, y = batch()
-    if strategy.requires_data_init:
-        strategy.initialize_from_data(x, y)
-    loss = strategy.loss(x, y)
-    loss.loss.backward()
-    assert torch.isfinite(loss.loss)
-    assert strategy.eval().predict(x, 5).logits.shape == (6, 4)
+    assert_trains_and_predicts(tiny(NoPropFM, embedding=copy.deepcopy(embedding), head=copy.deepcopy(head), sigma=0.05))
 
 
 def test_sigma_adds_noise_to_the_path():
