@@ -35,16 +35,29 @@ CASES = {
     "noprop_dt vmap": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
     "noprop_ct": ("NoPropCT", {}, {}, "backprop"),
     "noprop_fm": ("NoPropFM", {}, {}, "backprop"),
+    # Performance options, each against the plain baseline (and the backprop row with the same option).
+    "backprop compiled": ("Backprop", {}, {"compile_blocks": True}, "backprop"),
+    "noprop_dt joint compiled": ("NoPropDT", {}, {"backward_mode": "joint", "compile_blocks": True}, "backprop"),
+    "noprop_dt per_block compiled": ("NoPropDT", {}, {"backward_mode": "per_block", "compile_blocks": True}, "backprop"),
+    "backprop channels_last": ("Backprop", {}, {"channels_last": True}, "backprop"),
+    "noprop_dt joint channels_last": ("NoPropDT", {}, {"backward_mode": "joint", "channels_last": True}, "backprop"),
+    "noprop_ct compiled": ("NoPropCT", {}, {"compile_blocks": True}, "backprop"),
+    "noprop_fm compiled": ("NoPropFM", {}, {"compile_blocks": True}, "backprop"),
+    "noprop_ct eager sampler": ("NoPropCT", {"cuda_graph": False}, {}, "backprop"),
+    "noprop_fm eager sampler": ("NoPropFM", {"cuda_graph": False}, {}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
     "bwbpf resnet18 K=4 joint": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "joint"}, "resnet18 backprop (K=1)"),
     "bwbpf resnet18 K=4 per_block": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "per_block"}, "resnet18 backprop (K=1)"),
+    "resnet18 backprop (K=1) channels_last": ("BWBPF", {"num_blocks": 1}, {"channels_last": True}, "resnet18 backprop (K=1)"),
+    "bwbpf resnet18 K=4 per_block channels_last": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "per_block", "channels_last": True},
+                                                   "resnet18 backprop (K=1)"),  # fmt: skip
 }
-DEFAULT_CASES = [name for name, case in CASES.items() if case[0] != "BWBPF"]
+DEFAULT_CASES = ["backprop", "noprop_dt joint", "noprop_dt per_block", "noprop_dt vmap", "noprop_ct", "noprop_fm"]
 ADAM = {"NoPropCT", "NoPropFM"}  # Table 3: Adam (coupled L2) for CT/FM, AdamW for DT and backprop
 SGD = {"BWBPF"}  # the public BWBPF recipe: SGD lr 0.1, momentum 0.9, wd 5e-4
 
 
-def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str | None) -> dict:
+def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str | None, profile: bool = False) -> dict:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -58,17 +71,29 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
             self.start = None
             self.end = None
 
+            self.profiler = None
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if batch_idx == warmup:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 self.start = time.perf_counter()
+                if profile:  # profiled batches run slower: their time is not the reported one
+                    activities = [torch.profiler.ProfilerActivity.CPU] + (
+                        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])  # fmt: skip
+                    self.profiler = torch.profiler.profile(activities=activities)
+                    self.profiler.__enter__()
 
         def on_train_epoch_end(self, trainer, module) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.end = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+                print(f"### profile of {name} ({batches} batches)\n"
+                      + self.profiler.key_averages().table(sort_by=sort, row_limit=15), file=sys.stderr)  # fmt: skip
 
     strategy_name, strategy_kwargs, module_kwargs, _ = CASES[name]
     seed_everything(0, verbose=False)
@@ -120,9 +145,12 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help="Trainer precision (default: the CLI's, bf16-mixed on GPU)")
     parser.add_argument("--out", default=None, help="append one JSON line per case to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="print each case's torch.profiler table of the timed batches (their speed is then not "
+                             "comparable; use it to see where the time goes)")  # fmt: skip
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision)))
+        print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision, args.profile)))
         return
     import lightning
     import torch
@@ -131,9 +159,12 @@ def main() -> None:
     for name in args.cases:
         command = [sys.executable, __file__, "--case", name, "--dataset", args.dataset, "--batches", str(args.batches),
                    "--warmup", str(args.warmup)] + (["--precision", args.precision] if args.precision else [])  # fmt: skip
+        command += ["--profile"] if args.profile else []
         output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if output.returncode != 0:
             raise RuntimeError(f"case {name} failed:\n{output.stderr[-3000:]}")
+        if args.profile:
+            print(output.stderr[output.stderr.find("### profile"):], file=sys.stderr)
         rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(

@@ -48,6 +48,12 @@ class LocalLearningModule(LightningModule):
         validation_inference_steps: inference steps for val/acc and train/acc (NoProp-CT/FM: a coarser sampler
             grid, e.g. 100 instead of 1000; DT/backprop: only the first n blocks). None runs the full inference.
             test/acc and predict always run the full inference.
+        channels_last: keep 4-D weights and the images in channels-last (NHWC) memory layout, which tensor-core
+            convolutions prefer; the values are the same. Use it where ``benchmarks/throughput.py`` shows a gain.
+        compile_blocks: ``torch.compile`` each of the strategy's ``block_modules()`` separately (one graph per block,
+            never across blocks; NoProp-DT's vmap mode compiles only its inference). Use it where the benchmark
+            shows a gain: the first batches pay the compilation.
+        compile_options: keyword arguments for ``torch.compile`` (e.g. ``{mode: max-autotune-no-cudagraphs}``).
     """
 
     def __init__(
@@ -64,6 +70,9 @@ class LocalLearningModule(LightningModule):
         train_accuracy_every_n_steps: int = 50,
         nonfinite_loss: Literal["error", "skip"] = "error",
         validation_inference_steps: int | None = None,
+        channels_last: bool = False,
+        compile_blocks: bool = False,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Under the CLI the hparams are the parsed config (class paths), which rebuild the model on load;
@@ -88,6 +97,13 @@ class LocalLearningModule(LightningModule):
                 f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
                 f"got {backward_mode!r} and {block_order!r}."
             )
+        if compile_options and not compile_blocks:
+            raise ValueError("compile_options only apply with compile_blocks=true; set it or drop compile_options.")
+        if channels_last:
+            strategy.to(memory_format=torch.channels_last)
+        if compile_blocks:
+            for block in strategy.block_modules():
+                block.compile(**(compile_options or {}))
         self.strategy = strategy
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -148,7 +164,10 @@ class LocalLearningModule(LightningModule):
     def _images(self, images: Tensor) -> Tensor:
         # The data module normalises to float32 after the precision plugin has converted the batch; follow the
         # model's dtype (float64 under precision "64-true"; autocast handles the mixed precisions).
-        return images.to(self.dtype) if images.is_floating_point() else images
+        images = images.to(self.dtype) if images.is_floating_point() else images
+        if self.hparams.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = self._images(batch[0]), batch[1]

@@ -226,3 +226,42 @@ def test_reduce_on_plateau_is_refused():
     module = tiny_module(lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
     with pytest.raises(ValueError, match="ReduceLROnPlateau"):
         trainer(limit_train_batches=1, limit_val_batches=0).fit(module, synthetic_data())
+
+
+def test_channels_last_changes_the_layout_not_the_updates():
+    """Without dropout (whose masks are drawn in memory order, so the layout changes which units drop) the
+    channels-last model trains to the same parameters: to 1e-6 against Adam steps of 1e-3 (the CPU's channels-last
+    float64 convolution rounds differently, ~1e-8). In float64: in float32 Adam turns the rounding noise in the
+    gradients of biases that feed BatchNorm (zero in exact arithmetic) into full +-lr steps."""
+    results = {}
+    for channels_last in (False, True):
+        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0), channels_last=channels_last)
+        trainer(limit_train_batches=2, limit_val_batches=0, precision="64-true").fit(module, synthetic_data())
+        results[channels_last] = _params(module)
+        conv = module.strategy.blocks[0].image_encoder[4].weight  # 32 -> 64 channels (with 1 channel both agree)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        images = module._images(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+        assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
+    for key, value in results[False].items():
+        torch.testing.assert_close(results[True][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("make", [lambda: NoPropDT(num_blocks=3, width=16), lambda: NoPropFM(width=16, inference_steps=3)],
+                         ids=["dt", "fm"])  # fmt: skip
+def test_compile_blocks_compiles_each_block_and_keeps_the_updates(make):
+    """compile_blocks wraps every block module (dynamo's eager backend here: the tracing without codegen), and
+    training through the compiled blocks gives the updates of the eager ones."""
+    torch._dynamo.reset()
+    results = {}
+    for compile_blocks in (False, True):
+        options = {"compile_blocks": True, "compile_options": {"backend": "eager"}} if compile_blocks else {}
+        module = tiny_module(strategy=make(), **options)
+        blocks = module.strategy.block_modules()
+        assert blocks and all((b._compiled_call_impl is not None) == compile_blocks for b in blocks)
+        trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+        results[compile_blocks] = _params(module)
+    assert results[True].keys() == results[False].keys(), "compiling must not rename the checkpoint's keys"
+    for key, value in results[False].items():
+        torch.testing.assert_close(results[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    with pytest.raises(ValueError, match="compile_blocks=true"):
+        tiny_module(compile_options={"mode": "max-autotune"})

@@ -22,7 +22,9 @@ _TEMPLATES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDic
 def _template(module: nn.Module) -> nn.Module:
     """A parameter-free (meta-device) copy of ``module`` that functional_call fills with stacked tensors."""
     if module not in _TEMPLATES:
-        _TEMPLATES[module] = copy.deepcopy(module).to("meta")
+        template = copy.deepcopy(module).to("meta")
+        template._compiled_call_impl = None  # a compiled block (compile_blocks) runs eagerly inside vmap
+        _TEMPLATES[module] = template
     template = _TEMPLATES[module]
     template.train(module.training)
     return template

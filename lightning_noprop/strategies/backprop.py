@@ -62,6 +62,9 @@ class Backprop(EmbeddingStrategy):
     def num_local_losses(self) -> int:
         return 1
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         assert block == 0, f"Backprop has a single local loss, got block {block}"
         return list(self.blocks.parameters()) + [self.mixing_logits]

@@ -85,6 +85,11 @@ class Strategy(nn.Module, ABC):
         return []
 
     @abstractmethod
+    def block_modules(self) -> list[nn.Module]:
+        """The networks that do the heavy work, each called as a unit (the module's ``compile_blocks`` compiles
+        each one separately, so a graph never spans two blocks)."""
+
+    @abstractmethod
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         """Yield the local loss of each block in ``blocks``, in order, for images x (B, C, H, W), labels y (B,).
 

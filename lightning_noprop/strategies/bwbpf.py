@@ -77,6 +77,9 @@ class BWBPF(Strategy):
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         return list(self.blocks[block].parameters()) + list(self.heads[block].parameters())
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.blocks) + list(self.heads)
+
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         active = set(blocks)
         h = x

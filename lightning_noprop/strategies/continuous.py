@@ -9,15 +9,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.nn.blocks import TimeConditionedBlock
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head, check_readout
-from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy
+from lightning_noprop.nn.heads import Head, check_readout, readout_logits
+from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
 
 
 class ContinuousTimeStrategy(EmbeddingStrategy):
     """One network u(x, z, t) shared over time, so one local loss (one block optimizer) plus the shared
-    head/embedding optimizer. Subclasses define the loss (``loss``) and the sampler (``predict``).
+    head/embedding optimizer. Subclasses define the loss (``loss``) and the sampler (``sample``).
 
     Args:
         embedding: class embedding W_Embed; None means one-hot.
@@ -28,6 +29,8 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         inference_steps: steps of the sampler at test and predict time (spec: 1000); validation can use fewer
             through the module's ``validation_inference_steps``.
         readout: "head" (argmax of the head on the final state) or "nearest" (the nearest class embedding).
+        cuda_graph: on a GPU, capture the whole no-grad sampler in one CUDA graph per batch shape and step count
+            and replay it (the same computation without per-step launch overhead); no effect on CPU.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         time_dim: int = 64,
         inference_steps: int = 1000,
         readout: Literal["head", "nearest"] = "head",
+        cuda_graph: bool = True,
     ) -> None:
         super().__init__(embedding, head)
         if inference_steps < 1:
@@ -49,6 +53,8 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         self.time_dim = time_dim
         self.inference_steps = inference_steps
         self.readout = readout
+        self.cuda_graph = cuda_graph
+        self._graphs = GraphCache()
 
     def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
         self.network = TimeConditionedBlock(
@@ -62,6 +68,10 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         assert block == 0, f"{type(self).__name__} has one network (one local loss), got block {block}"
         return list(self.network.parameters())
+
+    def block_modules(self) -> list[nn.Module]:
+        # The samplers call the image encoder once and the rest of the network per step, so its parts are the units.
+        return list(self.network.children())
 
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         for block in blocks:
@@ -83,6 +93,22 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         """What every sampler starts from: z_0 ~ N(0, I) (B, d) in float32 and the image features (B, width)."""
         z = torch.randn(x.shape[0], self.embedding.dim, device=x.device, dtype=torch.float32)
         return z, self.network.image_encoder(x)
+
+    @abstractmethod
+    def sample(self, x: Tensor, num_steps: int) -> Tensor:
+        """The sampler: from z_0 ~ N(0, I) to the final state z_1 (B, d) in ``num_steps`` steps, for x (B, C, H, W)."""
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        """``sample`` on N = ``num_steps`` (default ``inference_steps``) steps, then logits by ``readout``."""
+        steps = self.inference_steps if num_steps is None else num_steps
+        if self.cuda_graph and GraphCache.usable(x):
+            z = self._graphs.replay(lambda images: self.sample(images, steps), ("sample", steps, self.training), [x],
+                                     owner=self)  # fmt: skip
+        else:
+            z = self.sample(x, steps)
+        embedding = self.embedding.weight
+        return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
 
     def describe(self) -> dict:
         return {**super().describe(), "time_dim": self.time_dim}

@@ -16,10 +16,10 @@ from lightning_noprop.diffusion import (
     sample_q,
 )
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head, readout_logits
+from lightning_noprop.nn.heads import Head
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import LearnedSchedule, NoiseSchedule, autograd_snr_derivative
-from lightning_noprop.strategies.base import BlockLoss, Prediction
+from lightning_noprop.strategies.base import BlockLoss
 from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
 
 
@@ -47,6 +47,7 @@ class NoPropCT(ContinuousTimeStrategy):
         inference_steps: N, steps of Eq. 3 at test and predict time (spec: 1000); any N >= 1 works.
         inference_noise: add the sqrt(c_k) eps term of Eq. 3; False is the deterministic variant (posterior mean).
         readout: "head" (argmax head(z_1), the paper) or "nearest" (the nearest class embedding).
+        cuda_graph: on a GPU, replay the whole sampler as one CUDA graph (see ``ContinuousTimeStrategy``).
     """
 
     def __init__(
@@ -62,8 +63,9 @@ class NoPropCT(ContinuousTimeStrategy):
         inference_steps: int = 1000,
         inference_noise: bool = True,
         readout: Literal["head", "nearest"] = "head",
+        cuda_graph: bool = True,
     ) -> None:
-        super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout)
+        super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if eta <= 0:
             raise ValueError(f"eta must be > 0, got {eta}.")
         if snr_derivative not in ("analytic", "autograd"):
@@ -110,18 +112,15 @@ class NoPropCT(ContinuousTimeStrategy):
         grid = torch.linspace(0.0, 1.0, num_steps + 1, device=self.embedding.weight.device)
         return posterior_coefficients(self.noise_schedule.alpha_bar(grid).detach())
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
-        """Eq. 3 on N = ``num_steps`` (default ``inference_steps``) steps; logits by ``readout`` on z_1."""
-        steps = self.inference_steps if num_steps is None else num_steps
+    def sample(self, x: Tensor, num_steps: int) -> Tensor:
+        """Eq. 3 on the grid t_k = k / N from z_0 ~ N(0, I), feeding the network z_k and t_k. Returns z_1 (B, d)."""
         embedding = self.embedding.weight
         z, features = self.sampler_start(x)
 
         def denoise(k: int, z_k: Tensor) -> Tensor:
-            return self.denoise(x, z_k, torch.full((x.shape[0],), k / steps, device=x.device), embedding, features)
+            return self.denoise(x, z_k, torch.full((x.shape[0],), k / num_steps, device=x.device), embedding, features)
 
-        z = posterior_chain(denoise, z, self.coefficients(steps), self.inference_noise)
-        return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
+        return posterior_chain(denoise, z, self.coefficients(num_steps), self.inference_noise)
 
     def describe(self) -> dict:
         return {**super().describe(), "noise_schedule": type(self.noise_schedule).__name__}

@@ -94,6 +94,9 @@ class NoPropDT(EmbeddingStrategy):
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         return list(self.blocks[block].parameters())
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def shared_parameters(self) -> list[nn.Parameter]:
         # A learned schedule (e.g. LearnedSchedule) weights every block's loss, so it is shared like the head.
         return super().shared_parameters() + [p for p in self.noise_schedule.parameters() if p.requires_grad]

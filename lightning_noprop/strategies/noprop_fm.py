@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from lightning_noprop.diffusion import mix_embeddings
 from lightning_noprop.nn.embeddings import ClassEmbedding
-from lightning_noprop.nn.heads import Head, readout_logits
+from lightning_noprop.nn.heads import Head
 from lightning_noprop.samplers import euler_integrate
-from lightning_noprop.strategies.base import BlockLoss, Prediction
+from lightning_noprop.strategies.base import BlockLoss
 from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
 
 
@@ -37,6 +37,7 @@ class NoPropFM(ContinuousTimeStrategy):
         time_dim: size of the sinusoidal time embedding (paper: 64).
         inference_steps: Euler steps at test and predict time (spec: 1000); any N >= 1 works.
         readout: "nearest" (the class whose embedding is nearest to z_1, the paper) or "head" (needs the anchor).
+        cuda_graph: on a GPU, replay the whole sampler as one CUDA graph (see ``ContinuousTimeStrategy``).
     """
 
     def __init__(
@@ -50,8 +51,9 @@ class NoPropFM(ContinuousTimeStrategy):
         time_dim: int = 64,
         inference_steps: int = 1000,
         readout: Literal["head", "nearest"] = "nearest",
+        cuda_graph: bool = True,
     ) -> None:
-        super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout)
+        super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}.")
         self.sigma = sigma
@@ -98,14 +100,11 @@ class NoPropFM(ContinuousTimeStrategy):
             loss = loss + anchor
         return BlockLoss(block=0, loss=loss, terms=terms)
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
-        """Euler over N = ``num_steps`` (default ``inference_steps``) steps from z_0 ~ N(0, I); logits by ``readout``."""
-        steps = self.inference_steps if num_steps is None else num_steps
+    def sample(self, x: Tensor, num_steps: int) -> Tensor:
+        """Euler over N = ``num_steps`` steps of dz/dt = v_hat from z_0 ~ N(0, I). Returns z_1 (B, d)."""
         embedding = self.embedding.weight
         z, features = self.sampler_start(x)
-        z = euler_integrate(lambda z_t, t: self.velocity(x, z_t, t, embedding, features), z, steps)
-        return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
+        return euler_integrate(lambda z_t, t: self.velocity(x, z_t, t, embedding, features), z, num_steps)
 
     def describe(self) -> dict:
         return {**super().describe(), "anchor_loss": self.anchor_loss}

@@ -148,3 +148,16 @@ def test_missing_tiny_imagenet_says_where_to_get_it(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="cannot be downloaded automatically") as error:
         data.prepare_data()
     assert "tiny-imagenet-200.zip" in str(error.value) and "wnids.txt" in str(error.value)
+
+
+def test_eval_batch_size_applies_to_validation_test_and_predict_only():
+    dm = ImageDataModule(synthetic=True, synthetic_size=64, val_size=32, batch_size=8, eval_batch_size=16)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.train_dataloader().batch_size == 8
+    assert dm.val_dataloader().batch_size == dm.test_dataloader().batch_size == dm.predict_dataloader().batch_size == 16
+    default = ImageDataModule(synthetic=True, synthetic_size=64, batch_size=8)
+    default.setup("test")
+    assert default.test_dataloader().batch_size == 8
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
+        ImageDataModule(synthetic=True, eval_batch_size=0)

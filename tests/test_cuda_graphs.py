@@ -1,0 +1,64 @@
+import copy
+
+import pytest
+import torch
+
+from lightning_noprop.cuda_graphs import GraphCache
+from lightning_noprop.strategies import NoPropCT, NoPropFM
+
+from .strategies.helpers import batch, tiny
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _predict(strategy, x, steps, seed):
+    torch.manual_seed(seed)
+    return strategy.predict(x, steps)
+
+
+@pytest.mark.parametrize("strategy_class", [NoPropCT, NoPropFM])
+def test_cuda_graph_option_changes_nothing_on_cpu(strategy_class):
+    """On CPU the option falls back to the eager sampler: the same draws give the same prediction."""
+    graphed = tiny(strategy_class, cuda_graph=True).eval()
+    eager = copy.deepcopy(graphed)
+    eager.cuda_graph = False
+    x, _ = batch()
+    assert not GraphCache.usable(x)
+    torch.testing.assert_close(_predict(graphed, x, 7, seed=3).z, _predict(eager, x, 7, seed=3).z)
+    assert len(graphed._graphs) == 0
+
+
+def test_copies_of_a_strategy_start_with_an_empty_graph_cache():
+    strategy = tiny(NoPropFM)
+    strategy._graphs._graphs["fake"] = None
+    assert len(copy.deepcopy(strategy)._graphs) == 0
+    assert GraphCache().__getstate__() == {"_graphs": {}}
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("strategy_class", [NoPropCT, NoPropFM])
+def test_graph_replay_equals_the_eager_sampler_on_gpu(strategy_class):
+    """The captured sampler computes what the eager one does: same seed, same z; new inputs are copied in; an
+    in-place parameter update is seen by the next replay; a new batch size gets its own graph."""
+    kwargs = {"inference_noise": False} if strategy_class is NoPropCT else {}
+    graphed = tiny(strategy_class, **kwargs).cuda().eval()
+    eager = copy.deepcopy(graphed)
+    eager.cuda_graph = False
+    x, _ = batch(size=8)
+    x = x.cuda()
+    for seed in (0, 1):  # the first call captures, the second replays
+        torch.testing.assert_close(_predict(graphed, x, 50, seed).z, _predict(eager, x, 50, seed).z,
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+    other = torch.randn_like(x)
+    torch.testing.assert_close(_predict(graphed, other, 50, 2).z, _predict(eager, other, 50, 2).z, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for a, b in zip(graphed.parameters(), eager.parameters()):
+            a.mul_(1.1)
+            b.mul_(1.1)
+    torch.testing.assert_close(_predict(graphed, x, 50, 4).z, _predict(eager, x, 50, 4).z, rtol=1e-4, atol=1e-4)
+    assert len(graphed._graphs) == 1
+    graphed.predict(x[:5], 50)
+    assert len(graphed._graphs) == 2
+    first, second = graphed.predict(x, 50).z, graphed.predict(x, 50).z
+    assert not torch.equal(first, second), "each replay must draw fresh noise"
