@@ -5,10 +5,13 @@
 
 Each case runs in its own process (so peak RSS on CPU is its own) through Trainer.fit with the product's module,
 on the same synthetic data (seed 0), batch 128. Training samples/s counts the timed batches only (after warm-up,
-CUDA-synchronised), at the CLI's default precision unless --precision says otherwise; peak memory is torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s
-is strategy.predict on one batch in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
+CUDA-synchronised), at the CLI's default precision unless --precision says otherwise; peak memory is
+torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is strategy.predict on one batch
+(--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
 baseline of the same architecture measured in the same run (the DT-matched chain for NoProp; the same ResNet-18
-with K = 1 for BWBPF, whose cases run with --cases). Prints a markdown table.
+with K = 1 for BWBPF, whose cases run with --cases). Cases named "compiled" / "channels_last" / "eager sampler"
+time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile prints where the
+time goes. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ CASES = {
     "noprop_dt per_block compiled": ("NoPropDT", {}, {"backward_mode": "per_block", "compile_blocks": True}, "backprop"),
     "backprop channels_last": ("Backprop", {}, {"channels_last": True}, "backprop"),
     "noprop_dt joint channels_last": ("NoPropDT", {}, {"backward_mode": "joint", "channels_last": True}, "backprop"),
+    "noprop_dt per_block channels_last": ("NoPropDT", {}, {"backward_mode": "per_block", "channels_last": True}, "backprop"),
     "noprop_ct compiled": ("NoPropCT", {}, {"compile_blocks": True}, "backprop"),
     "noprop_fm compiled": ("NoPropFM", {}, {"compile_blocks": True}, "backprop"),
     "noprop_ct eager sampler": ("NoPropCT", {"cuda_graph": False}, {}, "backprop"),
@@ -57,7 +61,8 @@ ADAM = {"NoPropCT", "NoPropFM"}  # Table 3: Adam (coupled L2) for CT/FM, AdamW f
 SGD = {"BWBPF"}  # the public BWBPF recipe: SGD lr 0.1, momentum 0.9, wd 5e-4
 
 
-def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str | None, profile: bool = False) -> dict:
+def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str | None, profile: bool = False,
+             inference_batch: int = 128) -> dict:  # fmt: skip
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -101,7 +106,8 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
         optimizer = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
     else:
         optimizer = partial(torch.optim.Adam if strategy_name in ADAM else torch.optim.AdamW, lr=1e-3, weight_decay=1e-3)
-    data = ImageDataModule(dataset=dataset, synthetic=True, synthetic_size=128 * (batches + warmup) + 128,
+    batches_needed = max(batches + warmup, -(-inference_batch // 128))
+    data = ImageDataModule(dataset=dataset, synthetic=True, synthetic_size=128 * batches_needed + 128,
                            val_size=128, batch_size=128)  # fmt: skip
     strategy = getattr(strategies, strategy_name)(**strategy_kwargs)
     module = LocalLearningModule(strategy, num_classes=data.num_classes, image_shape=data.image_shape,
@@ -117,7 +123,7 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    x = data.normalize_images(data.train_set.tensors[0][:128]).to(module.device)
+    x = data.normalize_images(data.train_set.tensors[0][:inference_batch]).to(module.device)
     strategy.eval()
     inference = {}
     for steps in ([10, 100, 1000] if strategy_name in ADAM else [None]):
@@ -131,7 +137,7 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
                 strategy.predict(x, steps)
             if x.is_cuda:
                 torch.cuda.synchronize()
-        inference[str(steps or "all")] = 128 * repeats / (time.perf_counter() - start)
+        inference[str(steps or "all")] = x.shape[0] * repeats / (time.perf_counter() - start)
     return {"case": name, "train_samples_per_s": train_sps, "peak_mem_gib": peak, "inference_samples_per_s": inference,
             "precision": str(trainer.precision)}  # fmt: skip
 
@@ -145,12 +151,15 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help="Trainer precision (default: the CLI's, bf16-mixed on GPU)")
     parser.add_argument("--out", default=None, help="append one JSON line per case to this file")
+    parser.add_argument("--inference-batch", type=int, default=128,
+                        help="batch of the inference timing (e.g. 1000: the configs' eval_batch_size for CT/FM)")
     parser.add_argument("--profile", action="store_true",
                         help="print each case's torch.profiler table of the timed batches (their speed is then not "
                              "comparable; use it to see where the time goes)")  # fmt: skip
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision, args.profile)))
+        print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision, args.profile,
+                                  args.inference_batch)))  # fmt: skip
         return
     import lightning
     import torch
@@ -159,7 +168,7 @@ def main() -> None:
     for name in args.cases:
         command = [sys.executable, __file__, "--case", name, "--dataset", args.dataset, "--batches", str(args.batches),
                    "--warmup", str(args.warmup)] + (["--precision", args.precision] if args.precision else [])  # fmt: skip
-        command += ["--profile"] if args.profile else []
+        command += (["--profile"] if args.profile else []) + ["--inference-batch", str(args.inference_batch)]
         output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if output.returncode != 0:
             raise RuntimeError(f"case {name} failed:\n{output.stderr[-3000:]}")
@@ -171,8 +180,8 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # fmt: skip
     by_name = {r["case"]: r for r in rows}
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
-          f"{hardware}; torch {torch.__version__}, lightning {lightning.__version__}; commit {commit}; seed 0; "
-          f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+          f"inference batch {args.inference_batch}; {hardware}; torch {torch.__version__}, "
+          f"lightning {lightning.__version__}; commit {commit}; seed 0; {time.strftime('%Y-%m-%d')}")  # fmt: skip
     print("| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

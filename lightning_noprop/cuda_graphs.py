@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -16,16 +18,17 @@ from torch import Tensor, nn
 class GraphCache:
     """Captures ``fn(*inputs)`` in a CUDA graph on the first call for each key and replays it afterwards.
 
-    The key must include everything that changes the captured work (input shapes and dtypes, step counts, the
-    autocast state); ``replay`` adds the input signature, the autocast state and the parameters' addresses, so a
+    The key must include everything else that changes the captured work (step counts, train/eval mode); ``replay``
+    adds the input signature, the autocast and inference-mode states and the parameters' addresses, so a
     graph is never replayed on moved or re-allocated parameters. Parameters updated in place (an optimizer step,
     ``load_state_dict``) are read at replay time, so the graph stays valid through training. Random draws in
     ``fn`` come from the default CUDA generator, which advances on every replay. The output is cloned, so it
-    survives the next replay.
+    survives the next replay. If a capture fails (an operation that cannot be captured), that signature runs
+    eagerly from then on, with one warning naming the error.
     """
 
     def __init__(self) -> None:
-        self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor]] = {}
+        self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor] | None] = {}
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -56,8 +59,13 @@ class GraphCache:
             tuple((tuple(t.shape), t.dtype, t.device) for t in inputs),
             torch.is_autocast_enabled("cuda"),
             torch.get_autocast_dtype("cuda"),
+            # Lightning evaluates under inference_mode but logs train/acc under no_grad: inference tensors
+            # (static inputs captured in one) cannot be written in the other.
+            torch.is_inference_mode_enabled(),
             tuple(p.data_ptr() for p in owner.parameters()),
         )
+        if signature in self._graphs and self._graphs[signature] is None:  # its capture failed before
+            return fn(*inputs)
         entry = self._graphs.get(signature)
         if entry is None:
             static_inputs = [t.clone() for t in inputs]
@@ -71,8 +79,13 @@ class GraphCache:
             torch.cuda.current_stream().wait_stream(stream)
             torch.cuda.set_rng_state(rng, inputs[0].device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_output = fn(*static_inputs)
+            try:
+                with torch.cuda.graph(graph):
+                    static_output = fn(*static_inputs)
+            except RuntimeError as error:
+                self._graphs[signature] = None
+                warnings.warn(f"CUDA graph capture failed, running this sampler eagerly instead: {error}", stacklevel=2)
+                return fn(*inputs)
             entry = (graph, static_inputs, static_output)
             self._graphs[signature] = entry
         graph, static_inputs, static_output = entry

@@ -13,7 +13,7 @@ from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
-from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
+from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports
 
 
@@ -134,7 +134,7 @@ class LocalLearningModule(LightningModule):
     def configure_optimizers(self) -> Any:
         groups = [self.strategy.block_parameters(i) for i in range(self.strategy.num_local_losses)]
         shared = self.strategy.shared_parameters()
-        _check_partition(self.strategy, groups + [shared])
+        check_parameter_partition(self.strategy, groups + [shared])
         optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
         if self.lr_scheduler_factory is None:
             return optimizers
@@ -298,18 +298,3 @@ class LocalLearningModule(LightningModule):
         if saved_rng is not None:
             set_rng_states(saved_rng)
 
-
-def _check_partition(strategy: Strategy, groups: list[list[torch.nn.Parameter]]) -> None:
-    """Every trainable parameter must belong to exactly one optimizer group (a strategy bug otherwise)."""
-    seen: dict[int, int] = {}
-    for group in groups:
-        for p in group:
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    trainable = [name for name, p in strategy.named_parameters() if p.requires_grad]
-    missing = [name for name, p in strategy.named_parameters() if p.requires_grad and id(p) not in seen]
-    repeated = [name for name, p in strategy.named_parameters() if seen.get(id(p), 0) > 1]
-    if missing or repeated:
-        raise RuntimeError(
-            f"{type(strategy).__name__}: its parameter groups must cover each of its {len(trainable)} trainable "
-            f"parameters exactly once; missing {missing[:5]}, repeated {repeated[:5]}."
-        )

@@ -169,7 +169,8 @@ class LearnedSchedule(NoiseSchedule):
 
     def _ends(self, device: torch.device) -> Tensor:
         """g(0) and g(1), shape (2,)."""
-        return self.g(torch.tensor([0.0, 1.0], device=device))
+        # Built on the device (no host-to-device copy), so the schedule can run inside a CUDA graph capture.
+        return self.g(torch.linspace(0.0, 1.0, 2, device=device))
 
     def _gamma(self, g_t: Tensor, ends: Tensor) -> Tensor:
         """gamma from g(t) and g(0), g(1): gamma_0 + span (1 - (g(t) - g(0)) / (g(1) - g(0)))."""

@@ -70,7 +70,9 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, config):
         assert f"{'val' if subcommand == 'validate' else 'test'}/acc" in cli.trainer.callback_metrics
     cli = run("predict", "--config", str(config_file), "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
               "--trainer.limit_predict_batches", "2", "--trainer.default_root_dir", str(tmp_path / "predict"))  # fmt: skip
-    assert cli.trainer.predict_loop.predictions[0].logits.shape == (8, 10)
+    data = cli.datamodule.hparams
+    expected_batch = min(data.eval_batch_size or data.batch_size, len(cli.datamodule.test_set))
+    assert cli.trainer.predict_loop.predictions[0].logits.shape == (expected_batch, 10)
 
 
 def test_checkpoint_from_another_dataset_is_refused(tmp_path):

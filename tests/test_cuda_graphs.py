@@ -60,5 +60,9 @@ def test_graph_replay_equals_the_eager_sampler_on_gpu(strategy_class):
     assert len(graphed._graphs) == 1
     graphed.predict(x[:5], 50)
     assert len(graphed._graphs) == 2
+    assert all(entry is not None for entry in graphed._graphs._graphs.values()), "a capture failed (see its warning)"
     first, second = graphed.predict(x, 50).z, graphed.predict(x, 50).z
     assert not torch.equal(first, second), "each replay must draw fresh noise"
+    with torch.inference_mode():  # how Lightning validates and tests: a graph of its own
+        assert graphed.predict(x, 50).z.shape == first.shape and len(graphed._graphs) == 3
+    assert graphed.predict(x, 50).z.shape == first.shape, "no_grad after inference_mode (train/acc after validation)"

@@ -50,9 +50,9 @@ def call_stacked(modules: Sequence[nn.Module], shared: Tensor, per_module: Tenso
         return functional_call(template, (p, b), (shared, z))
 
     out = vmap(one, in_dims=(0, 0, 0), randomness="different")(params, buffers, per_module)
-    if any(m.training for m in modules):
-        with torch.no_grad():  # BatchNorm updated the stacked running statistics in place
-            for k, module_buffers in enumerate(all_buffers):
-                for name in buffer_names:
-                    module_buffers[name].copy_(buffers[name][k])
+    if any(m.training for m in modules) and buffer_names:
+        with torch.no_grad():  # BatchNorm updated the stacked running statistics in place: one copy for all of them
+            targets = [module_buffers[name] for name in buffer_names for module_buffers in all_buffers]
+            sources = [row for name in buffer_names for row in buffers[name].unbind(0)]
+            torch._foreach_copy_(targets, sources)
     return out

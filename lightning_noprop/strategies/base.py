@@ -170,3 +170,19 @@ class EmbeddingStrategy(Strategy, ABC):
             "embedding_dim": self.embedding.dim,
             "head": type(self.head).__name__,
         }
+
+
+def check_parameter_partition(strategy: Strategy, groups: list[list[nn.Parameter]]) -> None:
+    """Every trainable parameter must belong to exactly one optimizer group (a strategy bug otherwise)."""
+    seen: dict[int, int] = {}
+    for group in groups:
+        for p in group:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    trainable = [name for name, p in strategy.named_parameters() if p.requires_grad]
+    missing = [name for name, p in strategy.named_parameters() if p.requires_grad and id(p) not in seen]
+    repeated = [name for name, p in strategy.named_parameters() if seen.get(id(p), 0) > 1]
+    if missing or repeated:
+        raise RuntimeError(
+            f"{type(strategy).__name__}: its parameter groups must cover each of its {len(trainable)} trainable "
+            f"parameters exactly once; missing {missing[:5]}, repeated {repeated[:5]}."
+        )

@@ -97,7 +97,7 @@ class NoPropCT(ContinuousTimeStrategy):
         t = torch.rand(y.shape[0], device=u.device) if t is None else t
         assert t.shape == y.shape, f"t must be (B,) = {tuple(y.shape)}, got {tuple(t.shape)}"
         # One schedule evaluation for alpha_bar(0), alpha_bar(1) and alpha_bar(t).
-        alpha_bar = self.noise_schedule.alpha_bar(torch.cat([torch.tensor([0.0, 1.0], device=t.device, dtype=t.dtype), t]))
+        alpha_bar = self.noise_schedule.alpha_bar(torch.cat([torch.linspace(0.0, 1.0, 2, device=t.device, dtype=t.dtype), t]))
         ends = alpha_bar[:2]
         z_t = sample_q(u, alpha_bar[2:])
         error = (self.denoise(x, z_t, t, embedding) - u).pow(2).sum(-1)  # (B,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -23,6 +24,22 @@ from lightning_noprop.nn.stacked import call_stacked
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
+
+
+@dataclass
+class SharedTerms:
+    """The parts of L_t that are the same for every block on a batch, computed once per batch when they carry no
+    gradient (a fixed schedule, a one-hot embedding). A part that does carry one is None and is recomputed in each
+    block's loss: ``backward_mode="per_block"`` frees each block's graph before the next block's backward.
+
+    alpha_bar: (T + 1,) on the grid i / T; weights: (T,) the denoising weights; u: (B, d) the clean embeddings u_y;
+    kl: () the batch-mean KL(q(z_0 | y) || N(0, I)).
+    """
+
+    alpha_bar: Tensor | None = None
+    weights: Tensor | None = None
+    u: Tensor | None = None
+    kl: Tensor | None = None
 
 
 class NoPropDT(EmbeddingStrategy):
@@ -128,8 +145,22 @@ class NoPropDT(EmbeddingStrategy):
         if self.block_execution == "vmap" and len(blocks) > 1:
             yield from self.stacked_block_losses(x, y, blocks)
             return
+        shared = self.shared_terms(y)
         for block in blocks:
-            yield self.block_loss(x, y, block)
+            yield self.block_loss(x, y, block, shared)
+
+    def shared_terms(self, y: Tensor) -> SharedTerms:
+        """``SharedTerms`` for labels y (B,): every part that needs no gradient, the others None."""
+        shared = SharedTerms()
+        alpha_bar = self.alpha_bar()
+        if not alpha_bar.requires_grad:
+            shared.alpha_bar, shared.weights = alpha_bar, self.loss_weights(alpha_bar)
+        u = self.embedding(y)
+        if not u.requires_grad:
+            shared.u = u
+        if shared.alpha_bar is not None and shared.u is not None:
+            shared.kl = kl_to_standard_normal(u, alpha_bar[0]).mean()
+        return shared
 
     def stacked_block_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> list[BlockLoss]:
         """``[block_loss(x, y, b) for b in blocks]`` with the blocks' forward passes run as one vmapped call.
@@ -157,16 +188,18 @@ class NoPropDT(EmbeddingStrategy):
             for i, b in enumerate(blocks)
         ]  # fmt: skip
 
-    def block_loss(self, x: Tensor, y: Tensor, block: int) -> BlockLoss:
-        """L_t of Eq. 8 for code index ``block`` = t - 1."""
+    def block_loss(self, x: Tensor, y: Tensor, block: int, shared: SharedTerms | None = None) -> BlockLoss:
+        """L_t of Eq. 8 for code index ``block`` = t - 1; ``shared`` supplies the batch's gradient-free parts."""
         assert 0 <= block < self.num_blocks, f"block must be in [0, {self.num_blocks}), got {block}"
+        shared = SharedTerms() if shared is None else shared
         embedding = self.embedding.weight
-        u = self.embedding(y)
-        alpha_bar = self.alpha_bar()
+        u = self.embedding(y) if shared.u is None else shared.u
+        alpha_bar = self.alpha_bar() if shared.alpha_bar is None else shared.alpha_bar
+        weights = self.loss_weights(alpha_bar) if shared.weights is None else shared.weights
         z_prev = sample_q(u, alpha_bar[block])  # z_{t-1}: Eq. 8 conditions block t on z_{t-1}, not z_t
-        denoise = self.loss_weights(alpha_bar)[block] * (self.denoise(block, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
+        denoise = weights[block] * (self.denoise(block, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
         ce = F.cross_entropy(self.head(sample_q(u, alpha_bar[-1]), embedding), y)
-        kl = kl_to_standard_normal(u, alpha_bar[0]).mean()
+        kl = kl_to_standard_normal(u, alpha_bar[0]).mean() if shared.kl is None else shared.kl
         return BlockLoss(
             block=block,
             loss=ce + kl + denoise,

@@ -189,3 +189,25 @@ def test_vmapped_blocks_need_joint_backward():
 
     with pytest.raises(ValueError, match="backward_mode='joint'"):
         tiny_module(strategy=NoPropDT(num_blocks=3, width=16, block_execution="vmap"), backward_mode="per_block")
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["one-hot+cosine", "learned-embedding+learned-schedule"])
+def test_shared_terms_change_no_loss_and_hold_only_gradient_free_parts(learned):
+    """Per-batch reuse of the gradient-free parts of L_t (alpha_bar, weights, u_y, KL) gives bit-identical losses,
+    and what carries a gradient is recomputed per block, so block after block can back-propagate alone."""
+    from lightning_noprop.schedules import LearnedSchedule
+
+    options = {"embedding": LearnedEmbedding(dim=5), "noise_schedule": LearnedSchedule(hidden=8)} if learned else {}
+    strategy = tiny_dt(**options)
+    x, y = batch()
+    torch.manual_seed(0)
+    together = list(strategy.local_losses(x, y, range(3)))
+    torch.manual_seed(0)
+    alone = [strategy.block_loss(x, y, b) for b in range(3)]
+    for a, b in zip(together, alone):
+        assert torch.equal(a.loss, b.loss) and all(torch.equal(a.terms[k], b.terms[k]) for k in a.terms)
+    shared = strategy.shared_terms(y)
+    parts = (shared.alpha_bar, shared.weights, shared.u, shared.kl)
+    assert all(p is None for p in parts) if learned else all(p is not None and not p.requires_grad for p in parts)
+    for result in strategy.local_losses(x, y, range(3)):  # per_block: each graph is freed before the next backward
+        result.loss.backward()
