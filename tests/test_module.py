@@ -99,8 +99,9 @@ def test_per_block_gradient_clipping_bounds_each_block():
 def test_nonfinite_loss_is_an_error_naming_the_block():
     module = tiny_module()
     original = module.strategy.block_loss
-    module.strategy.block_loss = lambda x, y, t: (  # noqa: E731
-        (lambda r: setattr(r, "loss", r.loss * float("nan")) or r)(original(x, y, t)) if t == 1 else original(x, y, t)
+    module.strategy.block_loss = lambda x, y, t, *shared: (  # noqa: E731
+        (lambda r: setattr(r, "loss", r.loss * float("nan")) or r)(original(x, y, t, *shared)) if t == 1
+        else original(x, y, t, *shared)
     )
     with pytest.raises(FloatingPointError, match="block 1"):
         trainer(limit_train_batches=1, limit_val_batches=0).fit(module, synthetic_data())
@@ -109,8 +110,9 @@ def test_nonfinite_loss_is_an_error_naming_the_block():
 def test_nonfinite_loss_skip_leaves_that_block_unchanged():
     module = tiny_module(nonfinite_loss="skip", backward_mode="per_block")
     original = module.strategy.block_loss
-    module.strategy.block_loss = lambda x, y, t: (  # noqa: E731
-        (lambda r: setattr(r, "loss", r.loss * float("inf")) or r)(original(x, y, t)) if t == 1 else original(x, y, t)
+    module.strategy.block_loss = lambda x, y, t, *shared: (  # noqa: E731
+        (lambda r: setattr(r, "loss", r.loss * float("inf")) or r)(original(x, y, t, *shared)) if t == 1
+        else original(x, y, t, *shared)
     )
     before = _params(module)
     trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
