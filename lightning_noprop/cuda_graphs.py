@@ -80,7 +80,8 @@ class GraphCache:
             torch.cuda.set_rng_state(rng, inputs[0].device)
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                # thread_local: CUDA calls of other threads (DataLoader pinning, logging) must not void the capture.
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     static_output = fn(*static_inputs)
             except RuntimeError as error:
                 self._graphs[signature] = None
