@@ -49,7 +49,8 @@ class LocalLearningModule(LightningModule):
             grid, e.g. 100 instead of 1000; DT/backprop: only the first n blocks). None runs the full inference.
             test/acc and predict always run the full inference.
         channels_last: keep 4-D weights and the images in channels-last (NHWC) memory layout, which tensor-core
-            convolutions prefer; the values are the same. Use it where ``benchmarks/throughput.py`` shows a gain.
+            convolutions prefer; the same maths (dropout masks are drawn in memory order, so they differ). Use it
+            where ``benchmarks/throughput.py`` shows a gain.
         compile_blocks: ``torch.compile`` each of the strategy's ``block_modules()`` separately (one graph per block,
             never across blocks; NoProp-DT's vmap mode compiles only its inference). Use it where the benchmark
             shows a gain: the first batches pay the compilation.
