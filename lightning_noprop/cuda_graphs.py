@@ -7,12 +7,14 @@ removes both (CUDA graphs: https://pytorch.org/docs/stable/notes/cuda.html#cuda-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
-
 import warnings
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+# A captured graph, the static inputs it reads and the static output it writes.
+Captured = tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor]
 
 
 class GraphCache:
@@ -28,7 +30,7 @@ class GraphCache:
     """
 
     def __init__(self) -> None:
-        self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor] | None] = {}
+        self._graphs: dict[Hashable, Captured | None] = {}
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -39,9 +41,6 @@ class GraphCache:
 
     def __getstate__(self) -> dict:
         return {"_graphs": {}}
-
-    def clear(self) -> None:
-        self._graphs.clear()
 
     @staticmethod
     def usable(*inputs: Tensor) -> bool:
@@ -64,33 +63,36 @@ class GraphCache:
             torch.is_inference_mode_enabled(),
             tuple(p.data_ptr() for p in owner.parameters()),
         )
-        if signature in self._graphs and self._graphs[signature] is None:  # its capture failed before
+        if signature not in self._graphs:
+            self._graphs[signature] = self._capture(fn, inputs)
+        entry = self._graphs[signature]
+        if entry is None:  # its capture failed
             return fn(*inputs)
-        entry = self._graphs.get(signature)
-        if entry is None:
-            static_inputs = [t.clone() for t in inputs]
-            # Warm up on a side stream (lazy cuBLAS/cuDNN initialisation must not happen during capture), then rewind
-            # the generator so that the first replay draws what an eager call would have drawn.
-            rng = torch.cuda.get_rng_state(inputs[0].device)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn(*static_inputs)
-            torch.cuda.current_stream().wait_stream(stream)
-            torch.cuda.set_rng_state(rng, inputs[0].device)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                # thread_local: CUDA calls of other threads (DataLoader pinning, logging) must not void the capture.
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    static_output = fn(*static_inputs)
-            except RuntimeError as error:
-                self._graphs[signature] = None
-                warnings.warn(f"CUDA graph capture failed, running this sampler eagerly instead: {error}", stacklevel=2)
-                return fn(*inputs)
-            entry = (graph, static_inputs, static_output)
-            self._graphs[signature] = entry
         graph, static_inputs, static_output = entry
         for static, new in zip(static_inputs, inputs):
             static.copy_(new)
         graph.replay()
         return static_output.clone()
+
+    @staticmethod
+    def _capture(fn: Callable[..., Tensor], inputs: Sequence[Tensor]) -> Captured | None:
+        """The graph of ``fn`` on static copies of ``inputs``, those copies and its output; None if capture fails."""
+        static_inputs = [t.clone() for t in inputs]
+        # Warm up on a side stream (lazy cuBLAS/cuDNN initialisation must not happen during capture), then rewind
+        # the generator so that the first replay draws what an eager call would have drawn.
+        rng = torch.cuda.get_rng_state(inputs[0].device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn(*static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.set_rng_state(rng, inputs[0].device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: CUDA calls of other threads (DataLoader pinning, logging) must not void the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_output = fn(*static_inputs)
+        except RuntimeError as error:
+            warnings.warn(f"CUDA graph capture failed, running this sampler eagerly instead: {error}", stacklevel=3)
+            return None
+        return graph, static_inputs, static_output
