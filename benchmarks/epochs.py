@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,7 @@ from lightning.pytorch import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_noprop.cli import main as cli_main  # noqa: E402
+from provenance import commit, peak_memory_gib  # noqa: E402
 
 
 class EpochTimer(Callback):
@@ -74,12 +72,6 @@ class EpochTimer(Callback):
               f"val/acc {val_acc:.4f}", flush=True)  # fmt: skip
 
 
-def peak_memory_gib() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
@@ -111,9 +103,6 @@ def main() -> None:
     (metrics,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     test_seconds = time.perf_counter() - start
     train_seconds = [total - val for total, val in zip(timer.seconds, timer.validation_seconds)]
-    commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "config": args.config, "extra": " ".join(args.extra), "epochs": args.epochs,
         "test_acc": metrics["test/acc"], "last_val_acc": val_acc,
@@ -121,7 +110,7 @@ def main() -> None:
         "validation_s": [round(s, 2) for s in timer.validation_seconds],
         "fit_s": fit_seconds, "test_s": test_seconds, "peak_mem_gib": peak_memory_gib(),
         "precision": str(cli.trainer.precision), "hardware": hardware(), "torch": torch.__version__,
-        "lightning": lightning.__version__, "commit": commit, "seed": 0, "date": time.strftime("%Y-%m-%d"),
+        "lightning": lightning.__version__, "commit": commit(), "seed": 0, "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
     print("| config | epochs | test acc | last val acc | train s/epoch (median) | test s | peak mem GiB | precision | hardware |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -9,8 +9,6 @@ MNIST-shaped batch and for their joint backward. The optimizer steps are not cou
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM  # noqa: E402
+from provenance import commit  # noqa: E402
 
 CASES = {
     "backprop (DT-matched)": lambda: Backprop(),
@@ -54,9 +53,7 @@ def count(make) -> tuple[int, int]:
 
 
 def main() -> None:
-    commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # fmt: skip
-    print(f"MNIST-shaped batch; torch {torch.__version__}; commit {commit}; {time.strftime('%Y-%m-%d')}")
+    print(f"MNIST-shaped batch; torch {torch.__version__}; commit {commit()}; {time.strftime('%Y-%m-%d')}")
     print("| case | forward ops | backward ops | total | x backprop |")
     print("|---|---|---|---|---|")
     rows = {name: count(make) for name, make in CASES.items()}

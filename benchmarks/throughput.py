@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from provenance import commit, peak_memory_gib  # noqa: E402
 
 # case: (strategy class, its kwargs, module kwargs, the baseline case its ratios are against)
 CASES = {
@@ -119,10 +120,7 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
                       callbacks=[timer])  # fmt: skip
     trainer.fit(module, data)
     train_sps = 128 * batches / (timer.end - timer.start)
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_memory_gib()
     x = data.normalize_images(data.train_set.tensors[0][:inference_batch]).to(module.device)
     strategy.eval()
     inference = {}
@@ -176,12 +174,11 @@ def main() -> None:
             print(output.stderr[output.stderr.find("### profile"):], file=sys.stderr)
         rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    commit = os.environ.get("LIGHTNING_NOPROP_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    revision = commit()
     by_name = {r["case"]: r for r in rows}
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
           f"inference batch {args.inference_batch}; {hardware}; torch {torch.__version__}, "
-          f"lightning {lightning.__version__}; commit {commit}; seed 0; {time.strftime('%Y-%m-%d')}")  # fmt: skip
+          f"lightning {lightning.__version__}; commit {revision}; seed 0; {time.strftime('%Y-%m-%d')}")  # fmt: skip
     print("| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -194,7 +191,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "a") as f:
             for r in rows:
-                f.write(json.dumps({**r, "dataset": args.dataset, "hardware": hardware, "commit": commit,
+                f.write(json.dumps({**r, "dataset": args.dataset, "hardware": hardware, "commit": revision,
                                     "torch": torch.__version__, "lightning": lightning.__version__,
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
 
