@@ -2,14 +2,17 @@
 
     python benchmarks/throughput.py                      # MNIST-shaped, 20 timed batches of 128 after 5 warm-up
     python benchmarks/throughput.py --dataset cifar10 --batches 50 --out benchmarks/throughput.jsonl
+    python benchmarks/throughput.py --cases backprop "noprop_dt joint" "noprop_dt per_block" --rounds 6
 
 Each case runs in its own process (so peak RSS on CPU is its own) through Trainer.fit with the product's module,
 on the same synthetic data (seed 0), batch 128. Training samples/s counts the timed batches only (after warm-up,
 CUDA-synchronised), at the CLI's default precision unless --precision says otherwise; peak memory is
 torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is strategy.predict on one batch
 (--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
-baseline of the same architecture measured in the same run (the DT-matched chain for NoProp; the same ResNet-18
-with K = 1 for BWBPF, whose cases run with --cases). Cases named "compiled" / "channels_last" / "eager sampler"
+baseline of the same architecture measured in the same round (the DT-matched chain for NoProp; the same ResNet-18
+with K = 1 for BWBPF, whose cases run with --cases). On a CPU the process that runs first is often the fastest, so
+compare with --rounds len(cases): each round starts one case further along, and the table shows medians over rounds
+and the range of the within-round ratios. Cases named "compiled" / "channels_last" / "eager sampler"
 time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile prints where the
 time goes. Prints a markdown table.
 """
@@ -151,10 +154,15 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append one JSON line per case to this file")
     parser.add_argument("--inference-batch", type=int, default=128,
                         help="batch of the inference timing (e.g. 1000: the configs' eval_batch_size for CT/FM)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the case list this many times, starting one case further along each round; medians "
+                             "and the within-round ratios' range are reported (len(cases) rounds balance the order)")
     parser.add_argument("--profile", action="store_true",
                         help="print each case's torch.profiler table of the timed batches (their speed is then not "
                              "comparable; use it to see where the time goes)")  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.case:
         print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision, args.profile,
                                   args.inference_batch)))  # fmt: skip
@@ -162,38 +170,73 @@ def main() -> None:
     import lightning
     import torch
 
-    rows = []
-    for name in args.cases:
-        command = [sys.executable, __file__, "--case", name, "--dataset", args.dataset, "--batches", str(args.batches),
-                   "--warmup", str(args.warmup)] + (["--precision", args.precision] if args.precision else [])  # fmt: skip
-        command += (["--profile"] if args.profile else []) + ["--inference-batch", str(args.inference_batch)]
-        output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        if output.returncode != 0:
-            raise RuntimeError(f"case {name} failed:\n{output.stderr[-3000:]}")
-        if args.profile:
-            print(output.stderr[output.stderr.find("### profile"):], file=sys.stderr)
-        rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
+    rows = []  # one per case and round
+    for round_index in range(args.rounds):
+        # Later processes on a shared or boost-clocked CPU run slower than the first (section 12 of RESULTS.md), so
+        # each round starts one case further along: over len(cases) rounds every case runs in every position.
+        shift = round_index % len(args.cases)
+        for position, name in enumerate(args.cases[shift:] + args.cases[:shift]):
+            row = run_subprocess(name, args)
+            rows.append({**row, "round": round_index, "position": position})
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     revision = commit()
-    by_name = {r["case"]: r for r in rows}
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
-          f"inference batch {args.inference_batch}; {hardware}; torch {torch.__version__}, "
-          f"lightning {lightning.__version__}; commit {revision}; seed 0; {time.strftime('%Y-%m-%d')}")  # fmt: skip
-    print("| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        base = by_name.get(CASES[r["case"]][3])
-        speed = f"{r['train_samples_per_s'] / base['train_samples_per_s']:.2f}" if base else "-"
-        memory = f"{r['peak_mem_gib'] / base['peak_mem_gib']:.2f}" if base else "-"
-        inference = ", ".join(f"{k} steps: {v:.0f}" if k != "all" else f"{v:.0f}" for k, v in r["inference_samples_per_s"].items())
-        print(f"| {r['case']} | {r['precision']} | {r['train_samples_per_s']:.0f} | {speed} | {r['peak_mem_gib']:.3f} | "
-              f"{memory} | {inference} |")  # fmt: skip
+          f"inference batch {args.inference_batch}; {args.rounds} round(s), order rotated each round; {hardware}; "
+          f"torch {torch.__version__}, lightning {lightning.__version__}; commit {revision}; seed 0; "
+          f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+    print(summary_table(rows, args.cases))
     if args.out:
         with open(args.out, "a") as f:
             for r in rows:
                 f.write(json.dumps({**r, "dataset": args.dataset, "hardware": hardware, "commit": revision,
                                     "torch": torch.__version__, "lightning": lightning.__version__,
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+
+
+def run_subprocess(name: str, args: argparse.Namespace) -> dict:
+    """One case in a fresh process, so that its peak RSS and allocator state are its own."""
+    command = [sys.executable, __file__, "--case", name, "--dataset", args.dataset, "--batches", str(args.batches),
+               "--warmup", str(args.warmup)] + (["--precision", args.precision] if args.precision else [])  # fmt: skip
+    command += (["--profile"] if args.profile else []) + ["--inference-batch", str(args.inference_batch)]
+    output = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if output.returncode != 0:
+        raise RuntimeError(f"case {name} failed:\n{output.stderr[-3000:]}")
+    if args.profile:
+        print(output.stderr[output.stderr.find("### profile"):], file=sys.stderr)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def summary_table(rows: list[dict], cases: list[str]) -> str:
+    """Markdown table, a line per case: medians over rounds; each ratio is taken within a round, then the median
+    (with the range over rounds when there are several) is shown."""
+    from statistics import median
+
+    rounds = sorted({r["round"] for r in rows})
+    cell = {(r["case"], r["round"]): r for r in rows}
+
+    def ratios(name: str, key) -> list[float]:
+        base = CASES[name][3]
+        return [key(cell[name, k]) / key(cell[base, k]) for k in rounds if (base, k) in cell]
+
+    def show(values: list[float]) -> str:
+        if not values:
+            return "-"
+        text = f"{median(values):.2f}"
+        return text + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else "")
+
+    lines = ["| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in cases:
+        mine = [cell[name, k] for k in rounds]
+        speed = median(r["train_samples_per_s"] for r in mine)
+        memory = median(r["peak_mem_gib"] for r in mine)
+        inference = ", ".join(
+            f"{k} steps: {median(r['inference_samples_per_s'][k] for r in mine):.0f}" if k != "all"
+            else f"{median(r['inference_samples_per_s'][k] for r in mine):.0f}"
+            for k in mine[0]["inference_samples_per_s"])  # fmt: skip
+        lines.append(f"| {name} | {mine[0]['precision']} | {speed:.0f} | {show(ratios(name, lambda r: r['train_samples_per_s']))} "
+                     f"| {memory:.3f} | {show(ratios(name, lambda r: r['peak_mem_gib']))} | {inference} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
