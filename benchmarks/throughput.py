@@ -11,8 +11,8 @@ torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is 
 (--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
 baseline of the same architecture measured in the same round (the DT-matched chain for NoProp; the same ResNet-18
 with K = 1 for BWBPF, whose cases run with --cases). On a CPU the process that runs first is often the fastest, so
-compare with --rounds len(cases): each round starts one case further along, and the table shows medians over rounds
-and the range of the within-round ratios. Cases named "compiled" / "channels_last" / "eager sampler"
+compare with --rounds 2*len(cases): the order changes each round (round_order), and the table shows medians over
+rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" / "eager sampler"
 time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile prints where the
 time goes. Prints a markdown table.
 """
@@ -155,8 +155,8 @@ def main() -> None:
     parser.add_argument("--inference-batch", type=int, default=128,
                         help="batch of the inference timing (e.g. 1000: the configs' eval_batch_size for CT/FM)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="run the case list this many times, starting one case further along each round; medians "
-                             "and the within-round ratios' range are reported (len(cases) rounds balance the order)")
+                        help="run the case list this many times in a changing order (see round_order); medians and the "
+                             "within-round ratios' range are reported; 2 x len(cases) rounds balance the order")
     parser.add_argument("--profile", action="store_true",
                         help="print each case's torch.profiler table of the timed batches (their speed is then not "
                              "comparable; use it to see where the time goes)")  # fmt: skip
@@ -172,16 +172,13 @@ def main() -> None:
 
     rows = []  # one per case and round
     for round_index in range(args.rounds):
-        # Later processes on a shared or boost-clocked CPU run slower than the first (section 12 of RESULTS.md), so
-        # each round starts one case further along: over len(cases) rounds every case runs in every position.
-        shift = round_index % len(args.cases)
-        for position, name in enumerate(args.cases[shift:] + args.cases[:shift]):
+        for position, name in enumerate(round_order(args.cases, round_index)):
             row = run_subprocess(name, args)
             rows.append({**row, "round": round_index, "position": position})
     hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     revision = commit()
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
-          f"inference batch {args.inference_batch}; {args.rounds} round(s), order rotated each round; {hardware}; "
+          f"inference batch {args.inference_batch}; {args.rounds} round(s), order changed each round; {hardware}; "
           f"torch {torch.__version__}, lightning {lightning.__version__}; commit {revision}; seed 0; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     print(summary_table(rows, args.cases))
@@ -191,6 +188,18 @@ def main() -> None:
                 f.write(json.dumps({**r, "dataset": args.dataset, "hardware": hardware, "commit": revision,
                                     "torch": torch.__version__, "lightning": lightning.__version__,
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+
+
+def round_order(cases: list[str], round_index: int) -> list[str]:
+    """The case order of a round: rotated by round_index // 2, and reversed in odd rounds.
+
+    A 2-core VM's speed drifts by ~10% within minutes (RESULTS.md section 12), so a fixed order favours some cases.
+    Over 2 * len(cases) rounds every case runs in every position, after each of its cyclic neighbours and before it
+    (two cases: AB, BA, BA, AB; three: all six orders).
+    """
+    shift = (round_index // 2) % len(cases)
+    order = cases[shift:] + cases[:shift]
+    return order[::-1] if round_index % 2 else order
 
 
 def run_subprocess(name: str, args: argparse.Namespace) -> dict:
