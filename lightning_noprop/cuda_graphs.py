@@ -81,18 +81,25 @@ class GraphCache:
         # Warm up on a side stream (lazy cuBLAS/cuDNN initialisation must not happen during capture), then rewind
         # the generator so that the first replay draws what an eager call would have drawn.
         rng = torch.cuda.get_rng_state(inputs[0].device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn(*static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.set_rng_state(rng, inputs[0].device)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: CUDA calls of other threads (DataLoader pinning, logging) must not void the capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                static_output = fn(*static_inputs)
-        except RuntimeError as error:
-            warnings.warn(f"CUDA graph capture failed, running this sampler eagerly instead: {error}", stacklevel=3)
-            return None
+        # Autocast caches the low-precision copy of each parameter until its outermost context exits. A graph
+        # captured while the cache is on would read that copy (freed with the context, and blind to optimizer
+        # steps) instead of casting the parameter at each replay, so the cache is off for warm-up and capture.
+        # The same rule as torch.cuda.make_graphed_callables, which refuses an autocast context with caching.
+        no_cache = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)  # fmt: skip
+        with no_cache:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn(*static_inputs)
+            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.set_rng_state(rng, inputs[0].device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # thread_local: CUDA calls of other threads (DataLoader pinning, logging) must not void the capture.
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    static_output = fn(*static_inputs)
+            except RuntimeError as error:
+                warnings.warn(f"CUDA graph capture failed, running this sampler eagerly instead: {error}", stacklevel=3)
+                return None
         return graph, static_inputs, static_output
