@@ -6,11 +6,12 @@
 # Needs the requirements installed (on a lent machine without jsonargparse: the wheels and MNIST as the developers'
 # guide says). PYTHON picks the interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
-# 1. the gpu-marked tests (the CUDA-graph sampler equals the eager one);
+# 1. the gpu-marked tests (the CUDA-graph sampler equals the eager one, also under bf16 autocast);
 # 2. throughput.py, MNIST-shaped, bf16-mixed: backprop vs NoProp-DT (loop joint/per_block, vmap), each with
 #    channels_last and compile_blocks, CT/FM with and without the CUDA-graph sampler at the configs' eval batch;
 # 3. one real MNIST epoch of NoProp-FM and NoProp-CT with their configs (eval_batch_size 1000, CUDA graphs on): the
-#    1000-step test over the 10,000 test images, in seconds.
+#    1000-step test over the 10,000 test images, in seconds;
+# 4. grouped_conv.py: ten separate convolutions against the one grouped convolution the vmap mode runs.
 # Each step writes its table to OUT_DIR and goes on if the one before failed; record the tables in RESULTS.md.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [DATA_ROOT]}
@@ -36,3 +37,5 @@ for config in noprop_fm noprop_ct; do
     timeout 75 "$py" benchmarks/epochs.py --config "configs/$config.yaml" --epochs 1 --data-root "$data" \
         --out "$out/epochs.jsonl" 2>&1 | grep -E '^\||Error' | tee -a "$out/epochs.txt"
 done
+
+timeout 60 "$py" benchmarks/grouped_conv.py --repeats 20 2>&1 | tee "$out/grouped_conv.txt"
