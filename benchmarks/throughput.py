@@ -163,6 +163,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    unknown = [name for name in args.cases if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; the cases are {list(CASES)}")
+    if len(set(args.cases)) != len(args.cases):
+        parser.error("list each case once in --cases; --rounds repeats them")
     if args.case:
         print(json.dumps(run_case(args.case, args.dataset, args.batches, args.warmup, args.precision, args.profile,
                                   args.inference_batch)))  # fmt: skip
@@ -225,7 +230,7 @@ def summary_table(rows: list[dict], cases: list[str]) -> str:
 
     def ratios(name: str, key) -> list[float]:
         base = CASES[name][3]
-        return [key(cell[name, k]) / key(cell[base, k]) for k in rounds if (base, k) in cell]
+        return [key(cell[name, k]) / key(cell[base, k]) for k in rounds if (base, k) in cell and base != name]
 
     def show(values: list[float]) -> str:
         if not values:
@@ -243,8 +248,11 @@ def summary_table(rows: list[dict], cases: list[str]) -> str:
             f"{k} steps: {median(r['inference_samples_per_s'][k] for r in mine):.0f}" if k != "all"
             else f"{median(r['inference_samples_per_s'][k] for r in mine):.0f}"
             for k in mine[0]["inference_samples_per_s"])  # fmt: skip
-        lines.append(f"| {name} | {mine[0]['precision']} | {speed:.0f} | {show(ratios(name, lambda r: r['train_samples_per_s']))} "
-                     f"| {memory:.3f} | {show(ratios(name, lambda r: r['peak_mem_gib']))} | {inference} |")  # fmt: skip
+        is_base = CASES[name][3] == name
+        speed_ratio = "1.00" if is_base else show(ratios(name, lambda r: r["train_samples_per_s"]))
+        memory_ratio = "1.00" if is_base else show(ratios(name, lambda r: r["peak_mem_gib"]))
+        lines.append(f"| {name} | {mine[0]['precision']} | {speed:.0f} | {speed_ratio} | {memory:.3f} | {memory_ratio} "
+                     f"| {inference} |")  # fmt: skip
     return "\n".join(lines)
 
 
