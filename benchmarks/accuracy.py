@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from lightning.pytorch import Callback
@@ -77,10 +78,12 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
     if row in CONTINUOUS and args.inference_steps:
         extra += ["--model.strategy.init_args.inference_steps", str(args.inference_steps)]
     workdir = tempfile.mkdtemp(prefix="accuracy_")
-    cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
-                         str(args.epochs), "--data.root", args.data_root, "--data.download", "false",
-                         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", workdir,
-                         "--trainer.logger.init_args.save_dir", workdir], run=False)  # fmt: skip
+    # LightningCLI warns when it gets args while sys.argv holds this script's own options: hide them from it.
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
+                             str(args.epochs), "--data.root", args.data_root, "--data.download", "false",
+                             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", workdir,
+                             "--trainer.logger.init_args.save_dir", workdir], run=False)  # fmt: skip
     curve = Curve()
     cli.trainer.callbacks.append(curve)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
