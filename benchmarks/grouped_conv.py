@@ -13,8 +13,6 @@ form is slower. Inputs need a gradient (as inside a block) except the first laye
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import commit  # noqa: E402
+from provenance import commit, hardware  # noqa: E402
 
 # (name, input channels, output channels, spatial size, input shared by all blocks): ConvEncoder on 28x28 images
 LAYERS = [("conv1 (shared image input)", 1, 32, 28, True), ("conv2", 32, 64, 14, False), ("conv3", 64, 128, 14, False)]
@@ -49,8 +47,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     k, b = args.blocks, args.batch
-    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    print(f"K = {k}, batch {b}, float32, forward + backward, median of {args.repeats} interleaved repeats; {hardware}; "
+    print(f"K = {k}, batch {b}, float32, forward + backward, median of {args.repeats} interleaved repeats; {hardware()}; "
           f"torch {torch.__version__}; commit {commit()}; {time.strftime('%Y-%m-%d')}")  # fmt: skip
     print("| layer | K separate (ms) | one grouped (ms) | grouped / separate |")
     print("|---|---|---|---|")

@@ -10,19 +10,17 @@ CUDA-synchronised), at the CLI's default precision unless --precision says other
 torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is strategy.predict on one batch
 (--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
 baseline of the same architecture measured in the same round (the DT-matched chain for NoProp; the same ResNet-18
-with K = 1 for BWBPF, whose cases run with --cases). On a CPU the process that runs first is often the fastest, so
-compare with --rounds 2*len(cases): the order changes each round (round_order), and the table shows medians over
-rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" / "eager sampler"
-time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile prints where the
-time goes. Prints a markdown table.
+with K = 1 for BWBPF, whose cases run with --cases). A CPU's speed can drift by ~10% within minutes, so a fixed order
+biases ratios near 1: compare with --rounds 2*len(cases), which changes the order each round (round_order); the
+table shows medians over rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" /
+"eager sampler" time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile
+prints where the time goes. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import commit, peak_memory_gib  # noqa: E402
+from provenance import commit, hardware, peak_memory_gib  # noqa: E402
 
 # case: (strategy class, its kwargs, module kwargs, the baseline case its ratios are against)
 CASES = {
@@ -180,17 +178,16 @@ def main() -> None:
         for position, name in enumerate(round_order(args.cases, round_index)):
             row = run_subprocess(name, args)
             rows.append({**row, "round": round_index, "position": position})
-    hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    revision = commit()
+    machine, revision = hardware(), commit()
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
-          f"inference batch {args.inference_batch}; {args.rounds} round(s), order changed each round; {hardware}; "
+          f"inference batch {args.inference_batch}; {args.rounds} round(s), order changed each round; {machine}; "
           f"torch {torch.__version__}, lightning {lightning.__version__}; commit {revision}; seed 0; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     print(summary_table(rows, args.cases))
     if args.out:
         with open(args.out, "a") as f:
             for r in rows:
-                f.write(json.dumps({**r, "dataset": args.dataset, "hardware": hardware, "commit": revision,
+                f.write(json.dumps({**r, "dataset": args.dataset, "hardware": machine, "commit": revision,
                                     "torch": torch.__version__, "lightning": lightning.__version__,
                                     "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
 
