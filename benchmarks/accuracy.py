@@ -29,6 +29,7 @@ from lightning.pytorch import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_noprop.cli import main as cli_main  # noqa: E402
+from provenance import commit, hardware  # noqa: E402
 
 EMBED = "--model.strategy.init_args.embedding"
 ROWS = {
@@ -40,6 +41,28 @@ ROWS = {
     "fm-onehot": ("configs/noprop_fm.yaml", []),
 }
 CONTINUOUS = {"ct-onehot", "fm-onehot"}
+
+
+class EpochBudget(Callback):
+    """Stop at an epoch boundary once another epoch would overrun ``minutes`` of training wall time.
+
+    The next epoch is estimated as the longest so far, so the run ends with whole, validated epochs (Lightning's
+    ``max_time`` stops mid-epoch instead, after the last validation).
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.budget = 60.0 * minutes
+        self.start = self.epoch_start = time.perf_counter()
+        self.longest = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.epoch_start)
+        if now - self.start + self.longest > self.budget:
+            trainer.should_stop = True
 
 
 class Curve(Callback):
@@ -83,9 +106,11 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
         cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
                              str(args.epochs), "--data.root", args.data_root, "--data.download", "false",
                              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", workdir,
-                             "--trainer.logger.init_args.save_dir", workdir], run=False)  # fmt: skip
+                             "--trainer.logger.init_args.save_dir", workdir, *args.extra], run=False)  # fmt: skip
     curve = Curve()
     cli.trainer.callbacks.append(curve)
+    if args.max_minutes is not None:
+        cli.trainer.callbacks.append(EpochBudget(args.max_minutes))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     tests = []
     for inference_run in range(args.inference_runs):
@@ -97,8 +122,9 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
         steps = sorted({1, 10, 100, strategy.inference_steps})
     else:
         steps = list(range(1, strategy.num_blocks + 1))
-    return {"row": row, "seed": seed, "epochs": args.epochs, "test_acc": tests, "curve": curve.points,
-            "anytime": anytime(cli.model, cli.datamodule, steps), "config": config, "overrides": overrides + extra}  # fmt: skip
+    return {"row": row, "seed": seed, "epochs": len(curve.points), "test_acc": tests, "curve": curve.points,
+            "anytime": anytime(cli.model, cli.datamodule, steps), "config": config,
+            "overrides": overrides + extra + args.extra, "precision": str(cli.trainer.precision)}  # fmt: skip
 
 
 def plot(results: list[dict], out_dir: Path) -> None:
@@ -144,6 +170,9 @@ def main() -> None:
     parser.add_argument("--inference-steps", type=int, default=None, help="CT/FM test-time steps (config: 1000)")
     parser.add_argument("--data-root", default="../shared/datasets")
     parser.add_argument("--out-dir", default="benchmarks/results/accuracy")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="training wall-time budget per run: stop after the last whole epoch that fits")  # fmt: skip
+    parser.add_argument("extra", nargs="*", help="more CLI arguments for every row, after --")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,13 +181,16 @@ def main() -> None:
         for seed in args.seeds:
             results.append(run(row, seed, args))
             with open(out_dir / "results.jsonl", "a") as f:
-                f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}) + "\n")
+                f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                                    "hardware": hardware(), "commit": commit()}) + "\n")  # fmt: skip
     plot(results, out_dir)
     print("| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |\n|---|---|---|---|")
     for row in args.rows:
         values = [a for r in results if r["row"] == row for a in r["test_acc"]]
         se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-        print(f"| {row} | {args.epochs} | {len(args.seeds)} x {args.inference_runs} | "
+        epochs = sorted({r["epochs"] for r in results if r["row"] == row})
+        epochs_text = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+        print(f"| {row} | {epochs_text} | {len(args.seeds)} x {args.inference_runs} | "
               f"{100 * statistics.mean(values):.2f} +- {100 * se:.2f} |")  # fmt: skip
 
 
