@@ -173,23 +173,32 @@ def main() -> None:
     import lightning
     import torch
 
-    rows = []  # one per case and round
+    machine, revision = hardware(), commit()
+    provenance = {"dataset": args.dataset, "hardware": machine, "commit": revision, "torch": torch.__version__,
+                  "lightning": lightning.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    rows, failed = [], []  # one row per case and round
     for round_index in range(args.rounds):
         for position, name in enumerate(round_order(args.cases, round_index)):
-            row = run_subprocess(name, args)
-            rows.append({**row, "round": round_index, "position": position})
-    machine, revision = hardware(), commit()
+            try:
+                row = {**run_subprocess(name, args), "round": round_index, "position": position}
+            except RuntimeError as error:  # one broken case must not cost the others' figures
+                print(error, file=sys.stderr, flush=True)
+                failed.append(name)
+                continue
+            rows.append(row)
+            # Each row as soon as it is measured: a run stopped by a time limit still leaves what it measured.
+            print(f"round {round_index} {name}: train {row['train_samples_per_s']:.0f} samples/s, peak memory "
+                  f"{row['peak_mem_gib']:.3f} GiB", flush=True)  # fmt: skip
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({**row, **provenance}) + "\n")
     print(f"{args.dataset}-shaped synthetic data, batch 128, {args.batches} timed batches after {args.warmup} warm-up; "
           f"inference batch {args.inference_batch}; {args.rounds} round(s), order changed each round; {machine}; "
           f"torch {torch.__version__}, lightning {lightning.__version__}; commit {revision}; seed 0; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     print(summary_table(rows, args.cases))
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps({**r, "dataset": args.dataset, "hardware": machine, "commit": revision,
-                                    "torch": torch.__version__, "lightning": lightning.__version__,
-                                    "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+    if failed:
+        sys.exit(f"failed: {sorted(set(failed))} (their errors are above)")
 
 
 def round_order(cases: list[str], round_index: int) -> list[str]:
@@ -227,7 +236,8 @@ def summary_table(rows: list[dict], cases: list[str]) -> str:
 
     def ratios(name: str, key) -> list[float]:
         base = CASES[name][3]
-        return [key(cell[name, k]) / key(cell[base, k]) for k in rounds if (base, k) in cell and base != name]
+        return [key(cell[name, k]) / key(cell[base, k]) for k in rounds
+                if (name, k) in cell and (base, k) in cell and base != name]
 
     def show(values: list[float]) -> str:
         if not values:
@@ -238,7 +248,10 @@ def summary_table(rows: list[dict], cases: list[str]) -> str:
     lines = ["| case | precision | train samples/s | x its backprop | peak memory GiB | x its backprop | inference samples/s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in cases:
-        mine = [cell[name, k] for k in rounds]
+        mine = [cell[name, k] for k in rounds if (name, k) in cell]
+        if not mine:
+            lines.append(f"| {name} | failed | - | - | - | - | - |")
+            continue
         speed = median(r["train_samples_per_s"] for r in mine)
         memory = median(r["peak_mem_gib"] for r in mine)
         inference = ", ".join(

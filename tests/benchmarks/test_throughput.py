@@ -1,6 +1,7 @@
 """The order and the arithmetic of benchmarks/throughput.py's rounds (no case is run here)."""
 
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -40,3 +41,35 @@ def test_ratios_are_taken_within_each_round_before_the_median():
     assert table[2].split(" | ")[3] == "1.00", "the baseline's own ratio is 1"
     cells = table[3].split(" | ")
     assert cells[2] == "10" and cells[3] == "0.50 (0.50-0.50)" and cells[5] == "0.50 (0.50-0.50)", table[3]
+
+
+def test_a_failed_case_or_round_is_left_out_of_the_table_instead_of_breaking_it():
+    # noprop_dt joint failed in round 1 and noprop_fm in every round; the rounds that ran still give ratios.
+    rows = [_row("backprop", 0, 10), _row("noprop_dt joint", 0, 5), _row("backprop", 1, 20)]
+    table = summary_table(rows, ["backprop", "noprop_dt joint", "noprop_fm"]).splitlines()
+    assert table[3].split(" | ")[3] == "0.50", "only round 0 has both cases"
+    assert table[4] == "| noprop_fm | failed | - | - | - | - | - |"
+
+
+def test_each_case_is_written_to_out_as_soon_as_it_is_measured_and_a_failure_does_not_stop_the_others(
+    tmp_path, monkeypatch, capsys
+):
+    import throughput
+
+    def fake_run(name, args):
+        if name == "noprop_dt joint":
+            raise RuntimeError(f"case {name} failed:\nboom")
+        written = (tmp_path / "out.jsonl").read_text().splitlines() if (tmp_path / "out.jsonl").exists() else []
+        seen.append((name, len(written)))
+        return _row(name, 0, 10.0)
+
+    seen = []
+    monkeypatch.setattr(throughput, "run_subprocess", fake_run)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--cases", "backprop", "noprop_dt joint", "noprop_fm",
+                                      "--out", str(tmp_path / "out.jsonl")])  # fmt: skip
+    with pytest.raises(SystemExit, match="noprop_dt joint"):
+        throughput.main()
+    assert seen == [("backprop", 0), ("noprop_fm", 1)], "backprop's line was on disk before noprop_fm ran"
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(line)["case"] for line in lines] == ["backprop", "noprop_fm"]
+    assert "| noprop_dt joint | failed |" in capsys.readouterr().out
