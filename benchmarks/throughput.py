@@ -13,7 +13,8 @@ baseline of the same architecture measured in the same round (the DT-matched cha
 with K = 1 for BWBPF, whose cases run with --cases). A CPU's speed can drift by ~10% within minutes, so a fixed order
 biases ratios near 1: compare with --rounds 2*len(cases), which changes the order each round (round_order); the
 table shows medians over rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" /
-"eager sampler" time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off. --profile
+"eager sampler" time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off; "fused" ones
+use torch's fused AdamW (optimizer init_args fused: true). --profile
 prints where the time goes. Prints a markdown table.
 """
 
@@ -49,6 +50,11 @@ CASES = {
     "noprop_dt per_block channels_last": ("NoPropDT", {}, {"backward_mode": "per_block", "channels_last": True}, "backprop"),
     "noprop_ct compiled": ("NoPropCT", {}, {"compile_blocks": True}, "backprop"),
     "noprop_fm compiled": ("NoPropFM", {}, {"compile_blocks": True}, "backprop"),
+    # torch's fused AdamW: one kernel per optimizer step instead of a foreach chain; NoProp-DT steps 11 optimizers a
+    # batch, so on a launch-bound GPU this is where it may pay. Set in a config with optimizer init_args fused: true.
+    "backprop fused": ("Backprop", {}, {}, "backprop"),
+    "noprop_dt joint fused": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
+    "noprop_dt vmap fused": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
     "noprop_ct eager sampler": ("NoPropCT", {"cuda_graph": False}, {}, "backprop"),
     "noprop_fm eager sampler": ("NoPropFM", {"cuda_graph": False}, {}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
@@ -107,7 +113,8 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
     if strategy_name in SGD:
         optimizer = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
     else:
-        optimizer = partial(torch.optim.Adam if strategy_name in ADAM else torch.optim.AdamW, lr=1e-3, weight_decay=1e-3)
+        optimizer = partial(torch.optim.Adam if strategy_name in ADAM else torch.optim.AdamW, lr=1e-3, weight_decay=1e-3,
+                            **({"fused": True} if name.endswith(" fused") else {}))  # fmt: skip
     batches_needed = max(batches + warmup, -(-inference_batch // 128))
     data = ImageDataModule(dataset=dataset, synthetic=True, synthetic_size=128 * batches_needed + 128,
                            val_size=128, batch_size=128)  # fmt: skip

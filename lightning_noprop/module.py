@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy, check_parameter_partition
-from lightning_noprop.trainer_checks import check_trainer_supports
+from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
 
 
 def paper_adamw(params: Any) -> Optimizer:
@@ -123,6 +123,8 @@ class LocalLearningModule(LightningModule):
             return
         check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
                                self.strategy.num_local_losses)  # fmt: skip
+        if self.hparams.block_order == "every_batch":
+            warn_about_step_budget(self.trainer, self.num_optimizers)
         if self.strategy.requires_data_init:
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "training_images"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 _FP16 = ("16-mixed", "16-true", "16")
 
@@ -38,3 +39,26 @@ def check_trainer_supports(trainer: Any, backward_mode: str, block_order: str, n
                 "ddp_find_unused_parameters_true, or --model.backward_mode joint with --model.block_order every_batch "
                 "(one all-reduce per batch, the fastest)."
             )
+
+
+def warn_about_step_budget(trainer: Any, optimizer_steps_per_batch: int) -> None:
+    """Warn when ``max_steps`` (or ``fast_dev_run`` = N, which sets it) will stop fit after fewer batches than asked.
+
+    Lightning's ``global_step`` counts optimizer steps (LIGHTNING.md, Lightning #17958); this module steps one
+    optimizer per block each batch, so ``max_steps`` = S ends fit after ceil(S / steps per batch) batches.
+    """
+    max_steps = getattr(trainer, "max_steps", -1)
+    if optimizer_steps_per_batch <= 1 or max_steps is None or max_steps < 0:
+        return
+    batches = -(-max_steps // optimizer_steps_per_batch)
+    fast_dev_run = getattr(trainer, "fast_dev_run", 0)
+    if fast_dev_run and not isinstance(fast_dev_run, bool) and fast_dev_run > 1:
+        advice = (f"fast_dev_run={fast_dev_run} will train {batches} batch(es), not {fast_dev_run}: use "
+                  f"--trainer.max_epochs 1 --trainer.limit_train_batches {fast_dev_run} --trainer.limit_val_batches "
+                  f"{fast_dev_run} for {fast_dev_run} batches")  # fmt: skip
+    elif not fast_dev_run and batches < max_steps:
+        advice = (f"max_steps={max_steps} will stop fit after {batches} batch(es): multiply it by "
+                  f"{optimizer_steps_per_batch} for {max_steps} batches, or use max_epochs")  # fmt: skip
+    else:
+        return
+    rank_zero_warn(f"global_step counts optimizer steps, {optimizer_steps_per_batch} per batch here; {advice}.")

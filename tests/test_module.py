@@ -267,3 +267,25 @@ def test_compile_blocks_compiles_each_block_and_keeps_the_updates(make):
         torch.testing.assert_close(results[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
     with pytest.raises(ValueError, match="compile_blocks=true"):
         tiny_module(compile_options={"mode": "max-autotune"})
+
+
+def test_max_steps_warns_with_the_number_of_batches_it_will_really_train(tmp_path):
+    # global_step counts optimizer steps: a budget of S steps is ceil(S / optimizers) batches, and the warning says so.
+    module = tiny_module()
+    steps_per_batch = module.num_optimizers
+    assert steps_per_batch > 1
+    batches = []
+    module.on_train_batch_end = lambda outputs, batch, batch_idx: batches.append(batch_idx)
+    with pytest.warns(UserWarning, match=rf"max_steps={steps_per_batch + 1} will stop fit after 2 batch\(es\)"):
+        trainer(tmp_path, max_steps=steps_per_batch + 1, limit_val_batches=0).fit(module, synthetic_data())
+    assert batches == [0, 1], "the warning's batch count is what Lightning trains"
+
+
+def test_fast_dev_run_above_one_warns_and_names_the_options_that_train_that_many_batches(tmp_path):
+    with pytest.warns(UserWarning, match="fast_dev_run=3 will train 1 batch.*limit_train_batches 3"):
+        trainer(tmp_path, fast_dev_run=3).fit(tiny_module(), synthetic_data())
+
+
+def test_no_step_warning_without_a_step_budget(tmp_path, recwarn):
+    trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(tiny_module(), synthetic_data())
+    assert not [w for w in recwarn if "global_step counts optimizer steps" in str(w.message)]
