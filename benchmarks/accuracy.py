@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py --epochs 100 --data-root ../shared/datasets          # the paper's budget (GPU)
     python benchmarks/accuracy.py --epochs 1 --train-size 2000 --test-size 1000 \\
         --inference-steps 100 --rows dt-onehot ct-onehot                                # a short CPU version
-    python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 \
+    python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 \\
         -- --model.strategy.init_args.block_execution vmap        # whole epochs within 15 min; CLI options after --
 
 Each row is a config of configs/ with overrides, trained through the same CLI as `python main.py fit` for each
