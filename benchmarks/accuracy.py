@@ -3,8 +3,8 @@
     python benchmarks/accuracy.py --epochs 100 --data-root ../shared/datasets          # the paper's budget (GPU)
     python benchmarks/accuracy.py --epochs 1 --train-size 2000 --test-size 1000 \\
         --inference-steps 100 --rows dt-onehot ct-onehot                                # a short CPU version
-    python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 \\
-        -- --model.strategy.init_args.block_execution vmap        # whole epochs within 15 min; CLI options after --
+    python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 --run-dir runs \\
+        -- --model.strategy.init_args.block_execution vmap     # whole epochs within 15 min, resumable; CLI options after --
 
 Each row is a config of configs/ with overrides, trained through the same CLI as `python main.py fit` for each
 seed; the last epoch's weights are tested ``--inference-runs`` times with different noise (the paper: 3 seeds x 5
@@ -74,6 +74,14 @@ class Curve(Callback):
         self.points: list[tuple[int, float, float]] = []
         self.start = time.perf_counter()
 
+    def state_dict(self) -> dict:  # saved in the checkpoint, so a resumed run continues its curve
+        return {"points": self.points}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = [tuple(point) for point in state["points"]]
+        if self.points:  # wall time goes on from where the last instalment stopped
+            self.start = time.perf_counter() - self.points[-1][1]
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # validation has run by now
         accuracy = float(trainer.callback_metrics.get("val/acc", float("nan")))
         self.points.append((trainer.current_epoch + 1, time.perf_counter() - self.start, accuracy))
@@ -103,7 +111,13 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
     extra += ["--data.val_size", str(args.val_size)] if args.val_size is not None else []
     if row in CONTINUOUS and args.inference_steps:
         extra += ["--model.strategy.init_args.inference_steps", str(args.inference_steps)]
-    workdir = tempfile.mkdtemp(prefix="accuracy_")
+    if args.run_dir:  # one folder per row and seed, kept, so that a later call resumes from its last.ckpt
+        workdir = str(Path(args.run_dir) / f"{row}-seed{seed}")
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = tempfile.mkdtemp(prefix="accuracy_")
+    # Each instalment logs to a new version folder (the CLI will not overwrite a run's config): resume from the newest.
+    last = sorted(Path(workdir).glob("**/last.ckpt"), key=lambda path: path.stat().st_mtime)[-1:]
     # LightningCLI warns when it gets args while sys.argv holds this script's own options: hide them from it.
     with mock.patch.object(sys, "argv", sys.argv[:1]):
         cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
@@ -114,7 +128,9 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
     cli.trainer.callbacks.append(curve)
     if args.max_minutes is not None:
         cli.trainer.callbacks.append(EpochBudget(args.max_minutes))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if last:
+        print(f"resuming from {last[0]}", flush=True)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last[0]) if last else None)
     tests = []
     for inference_run in range(args.inference_runs):
         torch.manual_seed(1000 * seed + inference_run)
@@ -175,6 +191,9 @@ def main() -> None:
     parser.add_argument("--out-dir", default="benchmarks/results/accuracy")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="training wall-time budget per run: stop after the last whole epoch that fits")  # fmt: skip
+    parser.add_argument("--run-dir", default=None,
+                        help="keep each run's logs and checkpoints in RUN_DIR/<row>-seed<seed> and resume from its "
+                             "last.ckpt when there is one: a long run in instalments (with --max-minutes)")
     parser.add_argument("extra", nargs="*", help="more CLI arguments for every row, after --")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)

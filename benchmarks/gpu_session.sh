@@ -16,9 +16,10 @@
 #
 # With the session's remaining GPU time, train NoProp-DT at the paper's settings in its fastest mode from 2a (the
 # modes give the same updates), for whole epochs within a wall-time budget (RESULTS.md section 14 did 20 epochs in
-# loop mode in 15.6 minutes):
-#   python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes M --data-root DATA --out-dir DIR \
-#       -- [--model.strategy.init_args.block_execution vmap] [--model.optimizer.init_args.fused true]
+# loop mode in 15.6 minutes). --run-dir keeps last.ckpt, and the same command resumes from it, so 100 epochs can be
+# trained in instalments:
+#   python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes M --run-dir RUNS --data-root DATA \
+#       --out-dir DIR -- [--model.strategy.init_args.block_execution vmap] [--model.optimizer.init_args.fused true]
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out"

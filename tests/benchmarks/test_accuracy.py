@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from argparse import Namespace
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -36,3 +37,23 @@ def test_an_epoch_longer_than_the_budget_still_completes_once(monkeypatch):
     clock[0] += 45.0
     budget.on_train_epoch_end(trainer, None)
     assert trainer.should_stop, "one whole epoch is trained, then the run stops"
+
+
+def _args(tmp_path, root, **overrides):
+    options = dict(epochs=2, train_size=128, val_size=64, test_size=64, inference_steps=2, inference_runs=1,
+                   data_root=str(root), max_minutes=None, run_dir=None, extra=[])  # fmt: skip
+    return Namespace(**{**options, **overrides})
+
+
+def test_a_run_stopped_by_its_budget_resumes_from_its_run_dir_and_matches_an_uninterrupted_run(tmp_path, mnist_root):
+    # The first call's budget ends it after one whole epoch; the second resumes from last.ckpt and trains epoch 2.
+    first = accuracy.run("fm-onehot", 0, _args(tmp_path, mnist_root, max_minutes=1e-9, run_dir=str(tmp_path / "runs")))
+    assert first["epochs"] == 1
+    assert list((tmp_path / "runs" / "fm-onehot-seed0").glob("**/last.ckpt")), "the run dir keeps last.ckpt"
+    resumed = accuracy.run("fm-onehot", 0, _args(tmp_path, mnist_root, run_dir=str(tmp_path / "runs")))
+    assert [point[0] for point in resumed["curve"]] == [1, 2], "the curve goes on from the checkpoint"
+    assert resumed["curve"][0] == first["curve"][0], "epoch 1's point comes back from the checkpoint"
+    assert resumed["curve"][1][1] > resumed["curve"][0][1], "wall time goes on"
+    whole = accuracy.run("fm-onehot", 0, _args(tmp_path, mnist_root))
+    assert [p[2] for p in whole["curve"]] == [p[2] for p in resumed["curve"]], "same validation accuracy, epoch by epoch"
+    assert whole["test_acc"] == resumed["test_acc"]
