@@ -85,7 +85,8 @@ class Curve(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # validation has run by now
         accuracy = float(trainer.callback_metrics.get("val/acc", float("nan")))
         self.points.append((trainer.current_epoch + 1, time.perf_counter() - self.start, accuracy))
-        print(f"epoch {self.points[-1][0]}: {self.points[-1][1]:.0f} s since fit started, val/acc {accuracy:.4f}", flush=True)
+        epoch, seconds, _ = self.points[-1]
+        print(f"epoch {epoch}: {seconds:.0f} s since fit started, val/acc {accuracy:.4f}", flush=True)
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ with K = 1 for BWBPF, whose cases run with --cases). A CPU's speed can drift by 
 biases ratios near 1: compare with --rounds 2*len(cases), which changes the order each round (round_order); the
 table shows medians over rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" /
 "eager sampler" time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off; "fused" ones
-use torch's fused AdamW (optimizer init_args fused: true). --profile
-prints where the time goes. Prints a markdown table.
+use torch's fused AdamW (optimizer init_args fused: true). --profile prints where the time goes. Prints a markdown
+table.
 """
 
 from __future__ import annotations

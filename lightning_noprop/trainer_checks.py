@@ -52,7 +52,7 @@ def warn_about_step_budget(trainer: Any, optimizer_steps_per_batch: int) -> None
         return
     batches = -(-max_steps // optimizer_steps_per_batch)
     fast_dev_run = getattr(trainer, "fast_dev_run", 0)
-    if fast_dev_run and not isinstance(fast_dev_run, bool) and fast_dev_run > 1:
+    if fast_dev_run > 1:  # True (one batch) compares as 1
         advice = (f"fast_dev_run={fast_dev_run} will train {batches} batch(es), not {fast_dev_run}: use "
                   f"--trainer.max_epochs 1 --trainer.limit_train_batches {fast_dev_run} --trainer.limit_val_batches "
                   f"{fast_dev_run} for {fast_dev_run} batches")  # fmt: skip

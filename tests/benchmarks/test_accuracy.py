@@ -1,8 +1,9 @@
-"""benchmarks/accuracy.py's wall-time budget: whole epochs only, stopping before one that would overrun."""
+"""benchmarks/accuracy.py's wall-time budget (whole epochs only, stopping before one that would overrun) and its
+resumable run directory."""
 
 import sys
-from pathlib import Path
 from argparse import Namespace
+from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
