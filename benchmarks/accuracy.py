@@ -34,15 +34,18 @@ from lightning_noprop.cli import main as cli_main  # noqa: E402
 from provenance import commit, hardware  # noqa: E402
 
 EMBED = "--model.strategy.init_args.embedding"
-ROWS = {
-    "backprop": ("configs/backprop.yaml", []),
-    "dt-onehot": ("configs/noprop_dt.yaml", []),
-    "dt-dim20": ("configs/noprop_dt.yaml", [EMBED, "lightning_noprop.nn.LearnedEmbedding"]),
-    "dt-prototype": ("configs/noprop_dt.yaml", [EMBED, "lightning_noprop.nn.PrototypeEmbedding"]),
-    "ct-onehot": ("configs/noprop_ct.yaml", []),
-    "fm-onehot": ("configs/noprop_fm.yaml", []),
+EMBEDDINGS = {  # Table 1's three class embeddings (spec NOPROP.md): the configs' default is one-hot
+    "onehot": [],
+    "dim20": [EMBED, "lightning_noprop.nn.LearnedEmbedding"],
+    "prototype": [EMBED, "lightning_noprop.nn.PrototypeEmbedding"],
 }
-CONTINUOUS = {"ct-onehot", "fm-onehot"}
+# Table 1's MNIST rows: every method with every embedding ("backprop" is the one-hot backprop row).
+ROWS = {
+    f"{method}-{name}" if (method, name) != ("backprop", "onehot") else "backprop": (f"configs/{config}.yaml", overrides)
+    for method, config in (("backprop", "backprop"), ("dt", "noprop_dt"), ("ct", "noprop_ct"), ("fm", "noprop_fm"))
+    for name, overrides in EMBEDDINGS.items()
+}
+CONTINUOUS = {row for row in ROWS if row.startswith(("ct-", "fm-"))}
 
 
 class EpochBudget(Callback):
