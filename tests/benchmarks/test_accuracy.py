@@ -1,5 +1,5 @@
-"""benchmarks/accuracy.py's wall-time budget (whole epochs only, stopping before one that would overrun) and its
-resumable run directory."""
+"""benchmarks/accuracy.py's wall-time budget (whole epochs only, stopping before one that would overrun), its
+resumable run directory, and its rows (Table 1's methods x embeddings)."""
 
 import sys
 from argparse import Namespace
@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import accuracy  # noqa: E402
+
+from lightning_noprop.cli import main as cli_main  # noqa: E402
 
 
 def test_the_budget_stops_at_the_epoch_boundary_before_the_first_epoch_that_would_overrun(monkeypatch):
@@ -58,3 +60,19 @@ def test_a_run_stopped_by_its_budget_resumes_from_its_run_dir_and_matches_an_uni
     whole = accuracy.run("fm-onehot", 0, _args(tmp_path, mnist_root))
     assert [p[2] for p in whole["curve"]] == [p[2] for p in resumed["curve"]], "same validation accuracy, epoch by epoch"
     assert whole["test_acc"] == resumed["test_acc"]
+
+
+def test_the_rows_are_table_1s_grid_and_each_builds_its_method_and_embedding(tmp_path):
+    methods = {"backprop": "Backprop", "dt": "NoPropDT", "ct": "NoPropCT", "fm": "NoPropFM"}
+    embeddings = {"onehot": "OneHotEmbedding", "dim20": "LearnedEmbedding", "prototype": "PrototypeEmbedding"}
+    built = set()
+    for row, (config, overrides) in accuracy.ROWS.items():
+        method, _, embedding = row.partition("-")
+        embedding = embedding or "onehot"  # "backprop" is the one-hot backprop row
+        cli = cli_main(args=["--config", config, *overrides, "--data.root", str(tmp_path), "--data.download", "false",
+                             "--trainer.default_root_dir", str(tmp_path)], run=False)  # fmt: skip
+        assert type(cli.model.strategy).__name__ == methods[method], row
+        assert type(cli.model.strategy.embedding).__name__ == embeddings[embedding], row
+        assert (row in accuracy.CONTINUOUS) == (method in ("ct", "fm")), "CT/FM rows take --inference-steps"
+        built.add((method, embedding))
+    assert built == {(m, e) for m in methods for e in embeddings}, "every method with every embedding"
