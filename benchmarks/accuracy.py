@@ -5,13 +5,18 @@
         --inference-steps 100 --rows dt-onehot ct-onehot                                # a short CPU version
     python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 --run-dir runs \\
         -- --model.strategy.init_args.block_execution vmap     # whole epochs within 15 min, resumable; CLI options after --
+    python benchmarks/accuracy.py --replot --out-dir DIR       # table and curves of every run in DIR/results.jsonl
+
+The rows are Table 1's: backprop, dt, ct and fm, each with the one-hot, dim20 and prototype embeddings
+(``backprop`` is the one-hot backprop row, the others are named ``<method>-<embedding>``).
 
 Each row is a config of configs/ with overrides, trained through the same CLI as `python main.py fit` for each
 seed; the last epoch's weights are tested ``--inference-runs`` times with different noise (the paper: 3 seeds x 5
 inference runs). Prints a markdown table (mean +- standard error over all seed x run values), and writes to
 ``--out-dir``: results.jsonl, accuracy_vs_epoch.png, accuracy_vs_time.png (validation accuracy) and anytime.png
 (test accuracy when inference stops after k blocks / uses k steps). Curves need matplotlib
-(benchmarks/requirements.txt).
+(benchmarks/requirements.txt). Each run appends its line to results.jsonl as it ends, so rows and seeds run by separate
+calls into one ``--out-dir`` (or a run trained in instalments) make one table with ``--replot``.
 """
 
 from __future__ import annotations
@@ -171,14 +176,38 @@ def plot(results: list[dict], out_dir: Path) -> None:
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        ks = sorted(int(k) for k in r["anytime"])
-        ax.plot(ks, [r["anytime"][k] for k in ks], marker="o", label=f"{r['row']} seed {r['seed']}")
+        points = sorted((int(k), value) for k, value in r["anytime"].items())  # keys are str once read from JSON
+        ax.plot([k for k, _ in points], [value for _, value in points], marker="o", label=f"{r['row']} seed {r['seed']}")
     ax.set(xscale="log", xlabel="blocks (DT, backprop) or sampler steps (CT, FM)", ylabel="test accuracy",
            title="Anytime inference")  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "anytime.png", dpi=120)
     plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table: per row, mean +- standard error over all its seed x inference-run values."""
+    lines = ["| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |", "|---|---|---|---|"]
+    for row in dict.fromkeys(r["row"] for r in results):
+        runs = [r for r in results if r["row"] == row]
+        values = [a for r in runs for a in r["test_acc"]]
+        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        epochs = sorted({r["epochs"] for r in runs})
+        epochs_text = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+        lines.append(f"| {row} | {epochs_text} | {len(runs)} x {len(runs[0]['test_acc'])} | "
+                     f"{100 * statistics.mean(values):.2f} +- {100 * se:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def read_results(path: Path) -> list[dict]:
+    """results.jsonl's runs, the newest line of each (row, seed): an instalment's line replaces the one before."""
+    latest = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            latest[(result["row"], result["seed"])] = result
+    return list(latest.values())
 
 
 def main() -> None:
@@ -198,9 +227,20 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None,
                         help="keep each run's logs and checkpoints in RUN_DIR/<row>-seed<seed> and resume from its "
                              "last.ckpt when there is one: a long run in instalments (with --max-minutes)")
+    parser.add_argument("--replot", action="store_true",
+                        help="train nothing: redraw the curves and print the table from every run in "
+                             "OUT_DIR/results.jsonl (rows or seeds run by separate calls, or in instalments)")
     parser.add_argument("extra", nargs="*", help="more CLI arguments for every row, after --")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
+    if args.replot:
+        if not (out_dir / "results.jsonl").is_file():
+            parser.error(f"--replot reads {out_dir / 'results.jsonl'}, which does not exist: name the folder of an "
+                         "earlier run with --out-dir.")  # fmt: skip
+        results = read_results(out_dir / "results.jsonl")
+        plot(results, out_dir)
+        print(table(results))
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for row in args.rows:
@@ -210,14 +250,7 @@ def main() -> None:
                 f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                                     "hardware": hardware(), "commit": commit()}) + "\n")  # fmt: skip
     plot(results, out_dir)
-    print("| row | epochs | seeds x runs | test accuracy % (mean +- s.e.) |\n|---|---|---|---|")
-    for row in args.rows:
-        values = [a for r in results if r["row"] == row for a in r["test_acc"]]
-        se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-        epochs = sorted({r["epochs"] for r in results if r["row"] == row})
-        epochs_text = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
-        print(f"| {row} | {epochs_text} | {len(args.seeds)} x {args.inference_runs} | "
-              f"{100 * statistics.mean(values):.2f} +- {100 * se:.2f} |")  # fmt: skip
+    print(table(results))
 
 
 if __name__ == "__main__":

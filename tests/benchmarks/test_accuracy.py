@@ -1,10 +1,13 @@
 """benchmarks/accuracy.py's wall-time budget (whole epochs only, stopping before one that would overrun), its
 resumable run directory, and its rows (Table 1's methods x embeddings)."""
 
+import json
 import sys
 from argparse import Namespace
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import accuracy  # noqa: E402
@@ -76,3 +79,43 @@ def test_the_rows_are_table_1s_grid_and_each_builds_its_method_and_embedding(tmp
         assert (row in accuracy.CONTINUOUS) == (method in ("ct", "fm")), "CT/FM rows take --inference-steps"
         built.add((method, embedding))
     assert built == {(m, e) for m in methods for e in embeddings}, "every method with every embedding"
+
+
+def _result(row, seed, test_acc, epochs=1):
+    return {"row": row, "seed": seed, "epochs": epochs, "test_acc": test_acc, "curve": [[1, 10.0, 0.5]],
+            "anytime": {"1": 0.2, "10": 0.5}}  # fmt: skip
+
+
+def test_replot_reads_every_run_and_keeps_the_newest_line_of_each_row_and_seed(tmp_path, monkeypatch, capsys):
+    lines = [_result("dt-onehot", 0, [0.90, 0.92], epochs=1),  # replaced by the next instalment of the same run
+             _result("fm-dim20", 0, [0.50, 0.70]),
+             _result("dt-onehot", 0, [0.96, 0.98], epochs=2),
+             _result("dt-onehot", 1, [0.97, 0.97], epochs=2)]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = accuracy.read_results(tmp_path / "results.jsonl")
+    assert [(r["row"], r["seed"], r["epochs"]) for r in results] == [("dt-onehot", 0, 2), ("fm-dim20", 0, 1),
+                                                                     ("dt-onehot", 1, 2)]  # fmt: skip
+    plotted = []
+    monkeypatch.setattr(accuracy, "plot", lambda results, out_dir: plotted.append((len(results), out_dir)))
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--replot", "--out-dir", str(tmp_path)])
+    accuracy.main()
+    rows = capsys.readouterr().out.splitlines()[2:]
+    # dt-onehot: 0.96, 0.98, 0.97, 0.97 -> mean 97.00, sample sd 0.008165, s.e. 0.004082; fm-dim20: 60.00 +- 10.00.
+    assert rows == ["| dt-onehot | 2 | 2 x 2 | 97.00 +- 0.41 |", "| fm-dim20 | 1 | 1 x 2 | 60.00 +- 10.00 |"]
+    assert plotted == [(3, tmp_path)]
+
+
+def test_replot_without_results_names_the_missing_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--replot", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        accuracy.main()
+    assert exit_.value.code == 2
+    assert f"{tmp_path / 'results.jsonl'}, which does not exist" in capsys.readouterr().err
+
+
+def test_curves_draw_from_results_read_back_from_json(tmp_path):
+    pytest.importorskip("matplotlib")  # benchmarks/requirements.txt, not the test requirements
+    (tmp_path / "results.jsonl").write_text(json.dumps(_result("ct-dim20", 0, [0.8])) + "\n")
+    accuracy.plot(accuracy.read_results(tmp_path / "results.jsonl"), tmp_path)  # anytime's keys are str here
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == ["accuracy_vs_epoch.png", "accuracy_vs_time.png",
+                                                                   "anytime.png"]  # fmt: skip
