@@ -12,9 +12,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint was trained with another configuration than the one being built."""
+from lightning_noprop.errors import CheckpointMismatchError
 
 
 def checkpoint_signature(module: Any) -> dict[str, Any]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_noprop.data import ImageDataModule
+from lightning_noprop.errors import UserError
 from lightning_noprop.module import LocalLearningModule
+
+#: The exit status of a user error (the argument parser's own errors exit with 2 as well).
+USER_ERROR_EXIT_CODE = 2
 
 
 class NoPropCLI(LightningCLI):
@@ -35,11 +41,21 @@ def trainer_defaults() -> dict[str, Any]:
 
 
 def main(args: Any = None, run: bool = True) -> NoPropCLI:
-    return NoPropCLI(
-        LocalLearningModule,
-        ImageDataModule,
-        auto_configure_optimizers=False,
-        trainer_defaults=trainer_defaults(),
-        args=args,
-        run=run,
-    )
+    """Parse ``args`` (default: ``sys.argv``), build the model, data and trainer, and run the subcommand.
+
+    A user error (``UserError``, or Lightning's ``MisconfigurationException`` for trainer settings such as an
+    accelerator this machine lacks) prints its message to stderr and exits with ``USER_ERROR_EXIT_CODE``, without a
+    traceback; any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        return NoPropCLI(
+            LocalLearningModule,
+            ImageDataModule,
+            auto_configure_optimizers=False,
+            trainer_defaults=trainer_defaults(),
+            args=args,
+            run=run,
+        )
+    except (UserError, MisconfigurationException) as error:
+        sys.stderr.write(f"error: {error}\n")
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None

@@ -13,6 +13,7 @@ from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
+from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
 
@@ -86,20 +87,20 @@ class LocalLearningModule(LightningModule):
                             "lr_scheduler_interval": (lr_scheduler_interval, ("epoch", "step")),
                             "nonfinite_loss": (nonfinite_loss, ("error", "skip"))}.items():  # fmt: skip
             if value[0] not in value[1]:
-                raise ValueError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
+                raise ConfigurationError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
         if validation_inference_steps is not None and validation_inference_steps < 1:
-            raise ValueError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
+            raise ConfigurationError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
-            raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
+            raise ConfigurationError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
         strategy.build(num_classes, image_shape)
         if strategy.requires_joint_backward and (backward_mode, block_order) != ("joint", "every_batch"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
                 f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
                 f"got {backward_mode!r} and {block_order!r}."
             )
         if compile_options and not compile_blocks:
-            raise ValueError("compile_options only apply with compile_blocks=true; set it or drop compile_options.")
+            raise ConfigurationError("compile_options only apply with compile_blocks=true; set it or drop compile_options.")
         if channels_last:
             strategy.to(memory_format=torch.channels_last)
         if compile_blocks:
@@ -128,7 +129,7 @@ class LocalLearningModule(LightningModule):
         if self.strategy.requires_data_init:
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "training_images"):
-                raise ValueError(
+                raise ConfigurationError(
                     f"{self.strategy.describe()['strategy']} needs the training images to initialise its embedding; "
                     "use lightning_noprop.data.ImageDataModule (or a data module with `training_images()`)."
                 )
@@ -143,7 +144,7 @@ class LocalLearningModule(LightningModule):
             return optimizers
         schedulers = [self.lr_scheduler_factory(optimizer) for optimizer in optimizers]
         if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
-            raise ValueError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
+            raise ConfigurationError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
                              "that steps on its own (CosineAnnealingLR, StepLR, ...).")  # fmt: skip
         return optimizers, schedulers
 
@@ -214,7 +215,7 @@ class LocalLearningModule(LightningModule):
             return True
         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
         if self.hparams.nonfinite_loss == "error":
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss {result.loss.item()} for block {result.block} at epoch {self.current_epoch}, "
                 f"batch step {self.trainer.fit_loop.epoch_loop._batches_that_stepped} ({terms}). Lower the learning "
                 "rate, set model.gradient_clip_val, use precision 32-true, or set model.nonfinite_loss=skip."

@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 class NoiseSchedule(nn.Module, ABC):
     """A monotone map from time t in [0, 1] to alpha_bar(t) in (0, 1), increasing in t."""
@@ -77,12 +79,12 @@ class CosineSchedule(NoiseSchedule):
     def __init__(self, offset: float = 0.008, alpha_bar_min: float = 1e-4, alpha_bar_max: float = 0.9999) -> None:
         super().__init__()
         if not 0.0 <= alpha_bar_min < alpha_bar_max < 1.0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"CosineSchedule needs 0 <= alpha_bar_min < alpha_bar_max < 1, got alpha_bar_min={alpha_bar_min}, "
                 f"alpha_bar_max={alpha_bar_max}. alpha_bar_max = 1 would make SNR infinite at the clean end."
             )
         if offset < 0:
-            raise ValueError(f"CosineSchedule offset must be >= 0, got {offset}.")
+            raise ConfigurationError(f"CosineSchedule offset must be >= 0, got {offset}.")
         self.offset = offset
         self.alpha_bar_min = alpha_bar_min
         self.alpha_bar_max = alpha_bar_max
@@ -144,12 +146,12 @@ class LearnedSchedule(NoiseSchedule):
     ) -> None:
         super().__init__()
         if not gamma_1 - gamma_0 > min_span:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LearnedSchedule needs gamma_1 - gamma_0 > min_span ({min_span}), got gamma_0={gamma_0}, "
                 f"gamma_1={gamma_1}: gamma_1 is -log SNR at the noisy end t=0 and must be the larger."
             )
         if hidden < 1:
-            raise ValueError(f"LearnedSchedule hidden must be >= 1, got {hidden}.")
+            raise ConfigurationError(f"LearnedSchedule hidden must be >= 1, got {hidden}.")
         self.gamma_0 = nn.Parameter(torch.tensor(float(gamma_0)), requires_grad=learn_endpoints)
         self.gamma_1 = nn.Parameter(torch.tensor(float(gamma_1)), requires_grad=learn_endpoints)
         self.min_span = min_span

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_noprop.data.augment import random_crop_flip
 from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
+from lightning_noprop.errors import ConfigurationError
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"]
 
@@ -64,17 +65,17 @@ class ImageDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.")
+            raise ConfigurationError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.")
         sizes = {"batch_size": batch_size, "synthetic_size": synthetic_size}
         if eval_batch_size is not None:
             sizes["eval_batch_size"] = eval_batch_size
         for name, value in sizes.items():
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
+                raise ConfigurationError(f"{name} must be >= 1, got {value}.")
         if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}.")
+            raise ConfigurationError(f"crop_padding must be >= 0, got {crop_padding}.")
         if val_size < 0 or num_workers < 0:
-            raise ValueError(f"val_size and num_workers must be >= 0, got {val_size} and {num_workers}.")
+            raise ConfigurationError(f"val_size and num_workers must be >= 0, got {val_size} and {num_workers}.")
         self.save_hyperparameters()
         self.spec = DATASETS[dataset]
         # Read by the CLI's argument links (apply_on="instantiate"), so they must exist after __init__.
@@ -103,7 +104,7 @@ class ImageDataModule(LightningDataModule):
             val_size, train_size = self.hparams.val_size, self.hparams.train_size
             available = images.shape[0] - val_size
             if available < 2 or (train_size is not None and train_size > available):
-                raise ValueError(
+                raise ConfigurationError(
                     f"{images.shape[0]} training images cannot hold val_size={val_size} plus "
                     f"train_size={train_size}; lower --data.val_size or --data.train_size."
                 )

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision import datasets as tv_datasets
 
 from lightning_noprop.data.tiny_imagenet import read_tiny_imagenet
+from lightning_noprop.errors import DatasetNotFoundError
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,6 @@ DATASETS: dict[str, DatasetSpec] = {
         read_tiny_imagenet,
     ),
 }  # fmt: skip
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are missing (and could not be downloaded) or are corrupt."""
 
 
 def missing_files(spec: DatasetSpec, root: Path) -> list[str]:

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from lightning_noprop.errors import DatasetNotFoundError
+
 
 def read_tiny_imagenet(folder: Path, train: bool) -> tuple[Tensor, Tensor]:
     """uint8 images (N, 3, 64, 64) and int64 labels (N,) of the train split or of the labelled val split."""
@@ -29,7 +31,7 @@ def read_tiny_imagenet(folder: Path, train: bool) -> tuple[Tensor, Tensor]:
         rows = [line.split("\t") for line in (folder / "val" / "val_annotations.txt").read_text().splitlines() if line.strip()]
         files = [(folder / "val" / "images" / row[0], label_of[row[1]]) for row in rows]
     if not files:
-        raise ValueError(f"no images found under {folder / ('train' if train else 'val')}")
+        raise DatasetNotFoundError(f"no images found under {folder / ('train' if train else 'val')}")
     images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path, _ in files])
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels

@@ -14,6 +14,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 def near_equal_chunks(items: list, n: int) -> list[list]:
     """``items`` cut into ``n`` consecutive non-empty chunks whose sizes differ by at most one (larger first)."""
@@ -114,11 +116,11 @@ class ResNet(Backbone):
     def __init__(self, depth: Literal[18, 34, 50, 101, 152] = 18, stem: Literal["cifar", "imagenet"] = "cifar",
                  width: int = 64) -> None:  # fmt: skip
         if depth not in _RESNETS:
-            raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}.")
+            raise ConfigurationError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}.")
         if stem not in ("cifar", "imagenet"):
-            raise ValueError(f"ResNet stem must be 'cifar' or 'imagenet', got {stem!r}.")
+            raise ConfigurationError(f"ResNet stem must be 'cifar' or 'imagenet', got {stem!r}.")
         if width < 1:
-            raise ValueError(f"ResNet width must be >= 1, got {width}.")
+            raise ConfigurationError(f"ResNet width must be >= 1, got {width}.")
         self.depth, self.stem, self.width = depth, stem, width
 
     def stages(self, in_channels: int) -> list[list[nn.Module]]:
@@ -148,7 +150,7 @@ class ResNet(Backbone):
         if num_blocks <= 4:
             return [[u for g in chunk for u in g] for chunk in near_equal_chunks(groups, num_blocks)]
         if num_blocks - 3 > len(layer3):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{self.describe()} has {len(layer3)} residual units in layer3, so it splits into at most "
                 f"{3 + len(layer3)} blocks; got num_blocks={num_blocks}."
             )
@@ -172,7 +174,7 @@ class VGG(Backbone):
 
     def __init__(self, depth: Literal[11, 13, 16, 19] = 19) -> None:
         if depth not in _VGGS:
-            raise ValueError(f"VGG depth must be one of {sorted(_VGGS)}, got {depth}.")
+            raise ConfigurationError(f"VGG depth must be one of {sorted(_VGGS)}, got {depth}.")
         self.depth = depth
 
     def stages(self, in_channels: int) -> list[list[nn.Module]]:
@@ -189,7 +191,7 @@ class VGG(Backbone):
 
     def split(self, stages: list[list[nn.Module]], num_blocks: int) -> list[list[nn.Module]]:
         if num_blocks > len(stages):
-            raise ValueError(f"{self.describe()} has {len(stages)} stages, so it splits into at most {len(stages)} "
+            raise ConfigurationError(f"{self.describe()} has {len(stages)} stages, so it splits into at most {len(stages)} "
                              f"blocks; got num_blocks={num_blocks}.")  # fmt: skip
         return [[u for stage in chunk for u in stage] for chunk in near_equal_chunks(stages, num_blocks)]
 

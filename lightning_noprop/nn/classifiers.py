@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 
 from torch import nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 class AuxiliaryClassifier(ABC):
     """A factory of classifiers mapping feature maps (B, C, H, W) to logits (B, m)."""
@@ -37,7 +39,7 @@ class ConvClassifier(AuxiliaryClassifier):
 
     def __init__(self, channels: int | None = None, hidden: int = 256) -> None:
         if (channels is not None and channels < 1) or hidden < 1:
-            raise ValueError(f"ConvClassifier channels and hidden must be >= 1, got {channels} and {hidden}.")
+            raise ConfigurationError(f"ConvClassifier channels and hidden must be >= 1, got {channels} and {hidden}.")
         self.channels, self.hidden = channels, hidden
 
     def make(self, in_channels: int, num_classes: int) -> nn.Module:

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 class ClassEmbedding(nn.Module, ABC):
     """Abstract class embedding. After ``build``, ``weight`` is the (num_classes, dim) matrix W_Embed."""
@@ -41,7 +43,7 @@ class ClassEmbedding(nn.Module, ABC):
         if self.is_built:
             raise RuntimeError(f"{type(self).__name__} is already built; use a fresh instance per model.")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+            raise ConfigurationError(f"num_classes must be >= 2, got {num_classes}.")
         self.num_classes = num_classes
         self._build(num_classes, tuple(image_shape))
 
@@ -100,7 +102,7 @@ class LearnedEmbedding(ClassEmbedding):
     def __init__(self, dim: int = 20) -> None:
         super().__init__()
         if dim < 1:
-            raise ValueError(f"LearnedEmbedding dim must be >= 1, got {dim}.")
+            raise ConfigurationError(f"LearnedEmbedding dim must be >= 1, got {dim}.")
         self._dim = dim
 
     def _build(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
@@ -136,7 +138,7 @@ class PrototypeEmbedding(ClassEmbedding):
     def __init__(self, max_images_per_class: int | None = None) -> None:
         super().__init__()
         if max_images_per_class is not None and max_images_per_class < 2:
-            raise ValueError(f"max_images_per_class must be >= 2 or None, got {max_images_per_class}.")
+            raise ConfigurationError(f"max_images_per_class must be >= 2 or None, got {max_images_per_class}.")
         self.max_images_per_class = max_images_per_class
         self._image_shape: tuple[int, int, int] | None = None
 
@@ -156,7 +158,7 @@ class PrototypeEmbedding(ClassEmbedding):
 
     def forward(self, y: Tensor) -> Tensor:
         if not bool(self.initialized):
-            raise RuntimeError(
+            raise ConfigurationError(
                 "PrototypeEmbedding was never initialised from training data. Train with `fit` (which "
                 "initialises it from the training split) or load a checkpoint with --ckpt_path."
             )
@@ -174,7 +176,7 @@ class PrototypeEmbedding(ClassEmbedding):
             if self.max_images_per_class is not None:
                 members = members[: self.max_images_per_class]
             if members.shape[0] == 0:
-                raise ValueError(f"PrototypeEmbedding: the training split has no image of class {c}.")
+                raise ConfigurationError(f"PrototypeEmbedding: the training split has no image of class {c}.")
             self._weight[c] = members[medoid_index(members)].to(self._weight)
         self.initialized.fill_(True)
 

@@ -9,6 +9,8 @@ from abc import ABC, abstractmethod
 
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 class Head(nn.Module, ABC):
     """Abstract head; ``build`` creates its layers once the class count and embedding size are known."""
@@ -49,7 +51,7 @@ class PosteriorHead(Head):
     def __init__(self, sigma: float = 1.0) -> None:
         super().__init__()
         if sigma <= 0:
-            raise ValueError(f"PosteriorHead sigma must be > 0, got {sigma}.")
+            raise ConfigurationError(f"PosteriorHead sigma must be > 0, got {sigma}.")
         self.sigma = sigma
 
     def forward(self, z: Tensor, embedding: Tensor) -> Tensor:
@@ -63,7 +65,7 @@ class PosteriorHead(Head):
 def check_readout(readout: str) -> None:
     """Refuse a readout other than "head" or "nearest" with the accepted values."""
     if readout not in ("head", "nearest"):
-        raise ValueError(f"readout must be 'head' or 'nearest', got {readout!r}.")
+        raise ConfigurationError(f"readout must be 'head' or 'nearest', got {readout!r}.")
 
 
 def readout_logits(readout: str, head: Head, z: Tensor, embedding: Tensor) -> Tensor:

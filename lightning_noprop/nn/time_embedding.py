@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
+
 
 class SinusoidalTimeEmbedding(nn.Module):
     """t (B,) -> [sin(s t f_k), cos(s t f_k)] (B, dim) with f_k = max_period^(-k / (dim/2)), k < dim/2.
@@ -24,7 +26,7 @@ class SinusoidalTimeEmbedding(nn.Module):
     def __init__(self, dim: int = 64, scale: float = 1000.0, max_period: float = 10_000.0) -> None:
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"SinusoidalTimeEmbedding dim must be even and >= 2, got {dim}.")
+            raise ConfigurationError(f"SinusoidalTimeEmbedding dim must be even and >= 2, got {dim}.")
         self.dim = dim
         self.scale = scale
         frequencies = torch.exp(-math.log(max_period) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_noprop.diffusion import mix_embeddings
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
@@ -46,9 +47,9 @@ class Backprop(EmbeddingStrategy):
     ) -> None:
         super().__init__(embedding, head)
         if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}.")
+            raise ConfigurationError(f"num_blocks must be >= 1, got {num_blocks}.")
         if not 0.0 < mixing_init < 1.0:
-            raise ValueError(f"mixing_init must be in (0, 1), got {mixing_init}.")
+            raise ConfigurationError(f"mixing_init must be in (0, 1), got {mixing_init}.")
         self.num_blocks = num_blocks
         self.dropout = dropout
         self.width = width

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.embeddings import ClassEmbedding, OneHotEmbedding
 from lightning_noprop.nn.heads import Head, SoftmaxHead
 
@@ -64,7 +65,7 @@ class Strategy(nn.Module, ABC):
             raise RuntimeError(f"{type(self).__name__} is already built; use a fresh instance per model.")
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}.")
+            raise ConfigurationError(f"image_shape must be (C, H, W), got {image_shape}.")
         self.num_classes, self.image_shape = int(num_classes), image_shape
         self._build(self.num_classes, image_shape)
 

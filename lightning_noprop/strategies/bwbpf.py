@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.backbones import Backbone, ResNet
 from lightning_noprop.nn.classifiers import AuxiliaryClassifier, LinearClassifier
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
@@ -43,9 +44,9 @@ class BWBPF(Strategy):
     ) -> None:
         super().__init__()
         if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}.")
+            raise ConfigurationError(f"num_blocks must be >= 1, got {num_blocks}.")
         if not 1 <= average_last_heads <= num_blocks:
-            raise ValueError(f"average_last_heads must be in [1, num_blocks={num_blocks}], got {average_last_heads}.")
+            raise ConfigurationError(f"average_last_heads must be in [1, num_blocks={num_blocks}], got {average_last_heads}.")
         self.backbone = backbone if backbone is not None else ResNet(18, stem="cifar")
         self.num_blocks = num_blocks
         self.classifier = classifier if classifier is not None else LinearClassifier()

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_noprop.cuda_graphs import GraphCache
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import TimeConditionedBlock
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, check_readout, readout_logits
@@ -46,7 +47,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
     ) -> None:
         super().__init__(embedding, head)
         if inference_steps < 1:
-            raise ValueError(f"inference_steps must be >= 1, got {inference_steps}.")
+            raise ConfigurationError(f"inference_steps must be >= 1, got {inference_steps}.")
         check_readout(readout)
         self.dropout = dropout
         self.width = width

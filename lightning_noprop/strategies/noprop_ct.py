@@ -15,6 +15,7 @@ from lightning_noprop.diffusion import (
     posterior_coefficients,
     sample_q,
 )
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
 from lightning_noprop.samplers import posterior_chain
@@ -67,9 +68,9 @@ class NoPropCT(ContinuousTimeStrategy):
     ) -> None:
         super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if eta <= 0:
-            raise ValueError(f"eta must be > 0, got {eta}.")
+            raise ConfigurationError(f"eta must be > 0, got {eta}.")
         if snr_derivative not in ("analytic", "autograd"):
-            raise ValueError(f"snr_derivative must be 'analytic' or 'autograd', got {snr_derivative!r}.")
+            raise ConfigurationError(f"snr_derivative must be 'analytic' or 'autograd', got {snr_derivative!r}.")
         self.noise_schedule = noise_schedule if noise_schedule is not None else LearnedSchedule()
         self.eta = eta
         self.snr_derivative = snr_derivative

@@ -17,6 +17,7 @@ from lightning_noprop.diffusion import (
     posterior_coefficients,
     sample_q,
 )
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, check_readout, readout_logits
@@ -86,9 +87,9 @@ class NoPropDT(EmbeddingStrategy):
     ) -> None:
         super().__init__(embedding, head)
         if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}.")
+            raise ConfigurationError(f"num_blocks must be >= 1, got {num_blocks}.")
         if eta <= 0:
-            raise ValueError(f"eta must be > 0, got {eta}.")
+            raise ConfigurationError(f"eta must be > 0, got {eta}.")
         self.num_blocks = num_blocks
         self.noise_schedule = noise_schedule if noise_schedule is not None else CosineSchedule()
         self.eta = eta
@@ -96,7 +97,7 @@ class NoPropDT(EmbeddingStrategy):
         self.width = width
         check_readout(readout)
         if block_execution not in ("loop", "vmap"):
-            raise ValueError(f"block_execution must be 'loop' or 'vmap', got {block_execution!r}.")
+            raise ConfigurationError(f"block_execution must be 'loop' or 'vmap', got {block_execution!r}.")
         self.inference_noise = inference_noise
         self.readout = readout
         self.block_execution = block_execution

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_noprop.diffusion import mix_embeddings
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
 from lightning_noprop.samplers import euler_integrate
@@ -55,11 +56,11 @@ class NoPropFM(ContinuousTimeStrategy):
     ) -> None:
         super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}.")
+            raise ConfigurationError(f"sigma must be >= 0, got {sigma}.")
         self.sigma = sigma
         self.anchor_loss = self.embedding.learned if anchor_loss is None else anchor_loss
         if readout == "head" and not self.anchor_loss:
-            raise ValueError(
+            raise ConfigurationError(
                 "NoPropFM with readout='head' needs anchor_loss=true: without the anchor term nothing trains the "
                 "head. Use readout='nearest' (the paper) or set anchor_loss: true."
             )

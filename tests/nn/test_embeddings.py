@@ -3,6 +3,7 @@ import statistics
 import pytest
 import torch
 
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.embeddings import LearnedEmbedding, OneHotEmbedding, PrototypeEmbedding, medoid_index
 
 
@@ -40,7 +41,7 @@ def test_prototype_picks_each_class_medoid_and_marks_initialised():
     labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1])
     embedding = PrototypeEmbedding()
     embedding.build(2, (1, 1, 1))
-    with pytest.raises(RuntimeError, match="never initialised"):
+    with pytest.raises(ConfigurationError, match="never initialised"):
         embedding(labels)
     embedding.initialize_from_data(images, labels)
     assert embedding.weight.flatten().tolist() == [1.0, 12.0]
