@@ -1,18 +1,122 @@
-"""Checkpoints: atomic writes, and a clear refusal of checkpoints from another configuration."""
+"""Checkpoints: the latest state every epoch, atomic writes, and a clear refusal of checkpoints that are
+unreadable or come from another configuration."""
 
 from __future__ import annotations
 
 import os
 import random
+import zipfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_noprop.errors import CheckpointMismatchError
+from lightning_noprop.errors import CheckpointError, CheckpointMismatchError, ConfigurationError
+
+#: ``ckpt_path`` values that Lightning resolves itself (they name no file to read here).
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+_NOT_OURS = (
+    "This checkpoint was not written by lightning_noprop (it has no 'lightning_noprop' entry); "
+    "only checkpoints saved by `python main.py fit` can be loaded."
+)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """Writes the latest training state as ``last.ckpt`` at the end of every ``every_n_epochs``-th epoch, whatever
+    the metrics did, so that ``fit --ckpt_path .../last.ckpt`` resumes exactly where training stopped.
+
+    Since Lightning 2.6 a monitored ``ModelCheckpoint(save_last=True)`` writes last.ckpt only when it saves a
+    top-k checkpoint at the same step, so there last.ckpt is the best epoch, not the latest (LIGHTNING.md). Keep a
+    monitored ModelCheckpoint for the best epoch and this callback for the latest state. It saves after the
+    module's ``on_train_epoch_end`` (Lightning calls checkpoint callbacks last), so epoch-wise lr schedulers have
+    stepped, and at the end of fit when that stops mid-epoch.
+
+    Args:
+        dirpath: the folder of last.ckpt; None is the logger's ``<log dir>/checkpoints``, like ModelCheckpoint.
+        every_n_epochs: write last.ckpt every n training epochs.
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=every_n_epochs,
+                         save_on_train_epoch_end=True)  # fmt: skip
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._should_skip_saving_checkpoint(trainer) or (trainer.current_epoch + 1) % self._every_n_epochs:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        """Nothing: the latest state is written once the epoch, and its scheduler steps, are complete."""
+
+
+def check_checkpoint_callbacks(callbacks: list[Any]) -> None:
+    """Refuse a monitored ``ModelCheckpoint(save_last=True)``: its last.ckpt would be the best epoch, not the latest."""
+    for callback in callbacks:
+        if type(callback) is ModelCheckpoint and callback.monitor is not None and callback.save_last:
+            raise ConfigurationError(
+                f"ModelCheckpoint(monitor={callback.monitor!r}, save_last=true) writes last.ckpt only when "
+                f"{callback.monitor} improves (Lightning 2.6), so last.ckpt would be the best epoch, not the latest "
+                "state. Remove save_last from that callback and add "
+                "`- class_path: lightning_noprop.checkpointing.LatestCheckpoint` to trainer.callbacks."
+            )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file written by ``fit`` for inspection, memory-mapped (the tensors are not read).
+
+    Raises CheckpointError, with advice, when the file is missing, unreadable or not one of ours.
+    """
+    path = Path(path)
+    hint = "pass a .ckpt file written by `python main.py fit`, e.g. logs/<name>/version_<n>/checkpoints/last.ckpt."
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file; {hint}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap needs one
+        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (not the zip archive torch.save writes; "
+                              f"a truncated or another kind of file): {hint}")  # fmt: skip
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a damaged archive, pickled objects that weights_only refuses
+        raise CheckpointError(
+            f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"it may be damaged: {hint}"
+        ) from error
+    if not isinstance(checkpoint, dict) or "lightning_noprop" not in checkpoint:
+        raise CheckpointMismatchError(f"--ckpt_path {path}: {_NOT_OURS}")
+    return checkpoint
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config mappings as ``{"a.b.c": leaf}``; tuples become lists and empty mappings vanish."""
+    if isinstance(config, Mapping):
+        flat: dict[str, Any] = {}
+        for key, value in config.items():
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(config, tuple):
+        config = list(config)
+    return {prefix[:-1]: config}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], ignored: Collection[str]) -> list[str]:
+    """``"key: checkpoint X, current Y"`` for every leaf of two nested configs that differs, except keys in
+    ``ignored`` and keys below them (``"optimizer"`` ignores ``"optimizer.init_args.lr"``)."""
+    saved_flat, current_flat = flatten_config(saved), flatten_config(current)
+
+    def is_ignored(key: str) -> bool:
+        return any(key == name or key.startswith(f"{name}.") for name in ignored)
+
+    missing = "(not set)"
+    return [
+        f"{key}: checkpoint {saved_flat.get(key, missing)!r}, current {current_flat.get(key, missing)!r}"
+        for key in sorted(set(saved_flat) | set(current_flat))
+        if not is_ignored(key) and saved_flat.get(key, missing) != current_flat.get(key, missing)
+    ]
 
 
 def checkpoint_signature(module: Any) -> dict[str, Any]:
@@ -24,10 +128,7 @@ def check_checkpoint_matches(module: Any, checkpoint: dict[str, Any]) -> None:
     """Raise CheckpointMismatchError, naming every difference, unless ``checkpoint`` fits ``module``."""
     saved = checkpoint.get("lightning_noprop")
     if saved is None:
-        raise CheckpointMismatchError(
-            "This checkpoint was not written by lightning_noprop (it has no 'lightning_noprop' entry); "
-            "only checkpoints saved by `python main.py fit` can be loaded."
-        )
+        raise CheckpointMismatchError(_NOT_OURS)
     expected = checkpoint_signature(module)
     differences = [
         f"{key}: checkpoint {saved['model'].get(key)!r}, current {value!r}"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse.typing import import_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_noprop.data import ImageDataModule
-from lightning_noprop.errors import UserError
+from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differences, read_checkpoint
+from lightning_noprop.data import DATASETS, ImageDataModule
+from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError, UserError
 from lightning_noprop.module import LocalLearningModule
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
@@ -18,11 +22,71 @@ USER_ERROR_EXIT_CODE = 2
 
 
 class NoPropCLI(LightningCLI):
-    """LightningCLI with the data's class count and image shape linked into the model."""
+    """LightningCLI with the data's class count and image shape linked into the model, and a ``--ckpt_path`` that
+    must fit the model the user configured.
+
+    LightningCLI rebuilds the model from the hyperparameters stored in ``--ckpt_path``, silently replacing the
+    configured one (Lightning #21455, LIGHTNING.md). Here the model is built from the user's ``--config`` and
+    ``--model.*`` options, and a checkpoint trained with another model configuration is refused with the list of
+    differences, unless the user asks for the checkpoint's own with ``--model_from_checkpoint true``.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.add_argument(
+            "--model_from_checkpoint", type=bool, default=False,
+            help="Build the model from the configuration stored in --ckpt_path, ignoring the model options of "
+                 "--config and --model.* (Lightning's own behaviour). By default the model is built from your "
+                 "options and a checkpoint trained with another model configuration is refused.",
+        )  # fmt: skip
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Lightning checks the trainer options (accelerator, devices, strategy, ...) when the Trainer is built and
+        # raises ValueError or MisconfigurationException: each is a wrong option, not a bug.
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as error:
+            accelerator = str(self._get(self.config, "trainer").get("accelerator"))
+            advice = ""
+            if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+                advice = (" This machine has no CUDA GPU (torch.cuda.is_available() is False): use "
+                          "--trainer.accelerator auto (or cpu).")  # fmt: skip
+            raise ConfigurationError(f"Trainer options: {error}{advice}") from error
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_ALIASES or "://" in str(ckpt_path):
+            return
+        checkpoint = read_checkpoint(ckpt_path)
+        if config.model_from_checkpoint:
+            rank_zero_info(f"--model_from_checkpoint: building the model from {ckpt_path}'s own configuration; the "
+                           "model options of --config and --model.* are ignored.")  # fmt: skip
+            super()._parse_ckpt_path()
+            return
+        saved = dict(checkpoint.get("hyper_parameters") or {})
+        saved.pop("_instantiator", None)
+        if not saved:  # written outside the CLI: the module compares its structure when it loads the weights
+            return
+        model = LocalLearningModule
+        strategy = import_object(config.model.strategy.class_path)
+        ignored = [*model.execution_options, *(() if subcommand == "fit" else model.training_options)]
+        ignored += [f"strategy.init_args.{name}" for name in strategy.execution_options]
+        current = config.model.as_dict()
+        # The links from the data are applied when the classes are built, after this check: take them from the data.
+        dataset = DATASETS[config.data.dataset]
+        current.update(num_classes=dataset.num_classes, image_shape=dataset.image_shape)
+        differences = config_differences(saved, current, ignored)
+        if differences:
+            run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+            advice = f"--config {run_config}" if run_config.is_file() else "the config.yaml of the run it comes from"
+            raise CheckpointMismatchError(
+                f"--ckpt_path {ckpt_path} was trained with another model configuration than yours (--config and "
+                "--model.* options):\n  - " + "\n  - ".join(differences) + f"\nUse {advice}, or pass "
+                "--model_from_checkpoint true to build the model from the checkpoint's own configuration."
+            )
 
 
 def default_precision() -> str:
@@ -56,6 +120,21 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
             args=args,
             run=run,
         )
-    except (UserError, MisconfigurationException) as error:
-        sys.stderr.write(f"error: {error}\n")
+    except Exception as error:
+        cause = user_error_behind(error)
+        if cause is None:
+            raise
+        sys.stderr.write(f"error: {cause}\n")
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def user_error_behind(error: BaseException) -> BaseException | None:
+    """The user error that ``error`` is, or was raised ``from``, else None (a bug). jsonargparse, for one, re-raises
+    the error of a class it could not build as a ValueError ``from`` it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (UserError, MisconfigurationException)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_noprop.checkpointing import check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
+from lightning_noprop.checkpointing import check_checkpoint_callbacks, check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
 from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
@@ -57,6 +57,17 @@ class LocalLearningModule(LightningModule):
             shows a gain: the first batches pay the compilation.
         compile_options: keyword arguments for ``torch.compile`` (e.g. ``{mode: max-autotune-no-cudagraphs}``).
     """
+
+    #: Options that change how the module runs, logs or evaluates, not what it learns: a checkpoint may be evaluated
+    #: or resumed with other values (backward modes give the same updates, tested).
+    execution_options: ClassVar[tuple[str, ...]] = (
+        "backward_mode", "train_accuracy_every_n_steps", "nonfinite_loss", "validation_inference_steps",
+        "channels_last", "compile_blocks", "compile_options",
+    )  # fmt: skip
+    #: The training recipe: it must match a checkpoint that training resumes from, not one that is evaluated.
+    training_options: ClassVar[tuple[str, ...]] = (
+        "optimizer", "lr_scheduler", "lr_scheduler_interval", "block_order", "gradient_clip_val",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -124,6 +135,7 @@ class LocalLearningModule(LightningModule):
             return
         check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
                                self.strategy.num_local_losses)  # fmt: skip
+        check_checkpoint_callbacks(self.trainer.callbacks)
         if self.hparams.block_order == "every_batch":
             warn_about_step_budget(self.trainer, self.num_optimizers)
         if self.strategy.requires_data_init:
@@ -139,10 +151,17 @@ class LocalLearningModule(LightningModule):
         groups = [self.strategy.block_parameters(i) for i in range(self.strategy.num_local_losses)]
         shared = self.strategy.shared_parameters()
         check_parameter_partition(self.strategy, groups + [shared])
-        optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
+        # torch checks the values (a negative lr, betas outside [0, 1), ...) and raises ValueError: a config error.
+        try:
+            optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
+        except ValueError as error:
+            raise ConfigurationError(f"model.optimizer: {error}; change it in model.optimizer.init_args.") from error
         if self.lr_scheduler_factory is None:
             return optimizers
-        schedulers = [self.lr_scheduler_factory(optimizer) for optimizer in optimizers]
+        try:
+            schedulers = [self.lr_scheduler_factory(optimizer) for optimizer in optimizers]
+        except ValueError as error:
+            raise ConfigurationError(f"model.lr_scheduler: {error}; change it in model.lr_scheduler.init_args.") from error
         if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
             raise ConfigurationError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
                              "that steps on its own (CosineAnnealingLR, StepLR, ...).")  # fmt: skip

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
+from lightning_noprop.cli import USER_ERROR_EXIT_CODE, main
 from lightning_noprop.data import ImageDataModule
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.strategies import NoPropDT
@@ -36,3 +38,22 @@ def trainer(tmp_path=None, **kwargs) -> Trainer:
         "default_root_dir": tmp_path,
     }
     return Trainer(**{**options, **kwargs})
+
+
+#: CLI options for a few tiny synthetic batches (any config).
+FAST = ["--data.synthetic", "true", "--data.synthetic_size", "48", "--data.val_size", "16", "--data.batch_size", "8"]
+
+
+def run(*args):
+    """The CLI in this process, as `python main.py ARGS` runs it."""
+    return main(args=list(args))
+
+
+def user_error(capsys, *args) -> str:
+    """Run the CLI on ``args``, expect a user error (exit 2, no traceback) and return what it printed to stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(*args)
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err

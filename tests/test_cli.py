@@ -1,17 +1,13 @@
 """Every config runs through the CLI; bad input fails early and clearly."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from lightning_noprop.cli import USER_ERROR_EXIT_CODE, main
-
 from .conftest import CONFIGS, REPO
-
-FAST = ["--data.synthetic", "true", "--data.synthetic_size", "48", "--data.val_size", "16", "--data.batch_size", "8"]
-
-
-def run(*args):
-    return main(args=list(args))
+from .helpers import FAST, run, user_error
 
 
 def test_configs_exist():
@@ -74,16 +70,6 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, config):
     assert cli.trainer.predict_loop.predictions[0].logits.shape == (expected_batch, 10)
 
 
-def user_error(capsys, *args) -> str:
-    """Run the CLI on ``args``, expect a user error (exit 2, no traceback) and return its message."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(*args)
-    assert exit_info.value.code == USER_ERROR_EXIT_CODE
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 def test_checkpoint_from_another_dataset_is_refused(tmp_path, capsys):
     checkpoint, _ = _fit_small(tmp_path)
     err = user_error(capsys, "test", "--config", str(REPO / "configs/cifar100/noprop_dt.yaml"), "--ckpt_path",
@@ -128,3 +114,105 @@ def test_missing_data_offline_is_one_clear_error(tmp_path, capsys):
                      "--data.root", str(tmp_path), "--data.download", "false", "--trainer.default_root_dir",
                      str(tmp_path))  # fmt: skip
     assert "expected files" in err
+
+
+def _truncated_mnist(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + bytes(100))
+    return ["--data.synthetic", "false", "--data.root", str(tmp_path), "--data.download", "false"]
+
+
+def _garbage_checkpoint(tmp_path):
+    (tmp_path / "garbage.ckpt").write_bytes(bytes(range(256)) * 4)
+    return ["--ckpt_path", str(tmp_path / "garbage.ckpt")]
+
+
+def _foreign_checkpoint(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    return ["--ckpt_path", str(tmp_path / "foreign.ckpt")]
+
+
+def _truncated_checkpoint(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "lightning_noprop": {}}, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    return ["--ckpt_path", str(tmp_path / "cut.ckpt")]
+
+
+# Each a kind of bad input a user can type; the CLI must print one message that says what to change, exit 2 and
+# show no traceback. An entry is (options, or a function of tmp_path that makes them; a phrase of the message).
+BAD_INPUTS = {
+    # config values
+    "negative batch": (["--data.batch_size", "-4"], "batch_size must be >= 1, got -4"),
+    "no blocks": (["--model.strategy.init_args.num_blocks", "0"], "num_blocks must be >= 1"),
+    "val split too large": (["--data.val_size", "100000"], "lower --data.val_size"),
+    "negative lr": (["--model.optimizer.init_args.lr", "-1"], "change it in model.optimizer.init_args"),
+    "zero embedding dim": (["--model.strategy.init_args.embedding", "lightning_noprop.nn.LearnedEmbedding",
+                            "--model.strategy.init_args.embedding.init_args.dim", "0"], "dim must be >= 1"),
+    "zero eval batch": (["--data.eval_batch_size", "0"], "eval_batch_size must be >= 1"),
+    "zero validation steps": (["--model.validation_inference_steps", "0"], "validation_inference_steps must be >= 1"),
+    "negative epochs": (["--trainer.max_epochs", "-5"], "max_epochs"),
+    # option combinations
+    "vmap with per_block": (["--model.strategy.init_args.block_execution", "vmap", "--model.backward_mode",
+                             "per_block"], "needs backward_mode='joint'"),
+    "compile options alone": (["--model.compile_options", "{mode: default}"], "compile_options only apply"),
+    "plateau scheduler": (["--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"], "ReduceLROnPlateau"),
+    # data
+    "missing data folder": (lambda tmp: ["--data.synthetic", "false", "--data.root", str(tmp / "none"),
+                                         "--data.download", "false"], "expected files"),
+    "truncated dataset file": (_truncated_mnist, "corrupt"),
+    # checkpoints
+    "missing checkpoint": (lambda tmp: ["--ckpt_path", str(tmp / "no.ckpt")], "no such file"),
+    "checkpoint is a folder": (lambda tmp: ["--ckpt_path", str(tmp)], "no such file"),
+    "garbage checkpoint": (_garbage_checkpoint, "is not a checkpoint"),
+    "truncated checkpoint": (_truncated_checkpoint, "is not a checkpoint"),
+    "foreign checkpoint": (_foreign_checkpoint, "not written by lightning_noprop"),
+    # devices
+    "no such device count": (["--trainer.devices", "0"], "not a valid input"),
+    "fsdp on cpu": (["--trainer.strategy", "fsdp", "--trainer.accelerator", "cpu"], "requires a GPU"),
+}  # fmt: skip
+if not torch.cuda.is_available():
+    BAD_INPUTS["gpu without one"] = (["--trainer.accelerator", "gpu"], "This machine has no CUDA GPU")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
+    options, phrase = BAD_INPUTS[case]
+    options = options(tmp_path) if callable(options) else options
+    err = user_error(capsys, "fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
+                     *FAST, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path), *options)  # fmt: skip
+    assert phrase in err
+    assert err.count("error: ") == 1
+
+
+def test_an_untrained_prototype_embedding_is_a_user_error(tmp_path, capsys):
+    err = user_error(capsys, "test", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
+                     *FAST, "--model.strategy.init_args.embedding", "lightning_noprop.nn.PrototypeEmbedding",
+                     "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert "--ckpt_path" in err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    from lightning_noprop.module import LocalLearningModule
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(LocalLearningModule, "training_step", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+            "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["fit", "--config", "configs/noprop_dt.yaml", "--data.batch_size", "-4"], "error: batch_size must be >= 1, got -4."),
+    (["test", "--config", "configs/noprop_dt.yaml", "--ckpt_path", "missing.ckpt"], "error: --ckpt_path missing.ckpt: no such file"),
+], ids=["config-value", "missing-checkpoint"])  # fmt: skip
+def test_main_py_prints_the_message_and_exits_2(args, message, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)

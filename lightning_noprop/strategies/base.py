@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -53,6 +53,10 @@ class Prediction:
 class Strategy(nn.Module, ABC):
     """A local-learning method. Subclasses take only hyperparameters in ``__init__`` (so YAML can choose
     them with ``class_path``) and create their layers in ``_build`` once the data's shape is known."""
+
+    #: ``__init__`` arguments that change how the strategy runs or reads out, not what it learns: a checkpoint
+    #: may be evaluated or resumed with other values (every other argument must match the checkpoint's).
+    execution_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()

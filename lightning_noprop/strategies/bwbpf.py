@@ -34,6 +34,8 @@ class BWBPF(Strategy):
         average_last_heads: predict with the mean of the softmax of the last n heads (1: the final head alone).
     """
 
+    execution_options = ("average_last_heads",)
+
     def __init__(
         self,
         backbone: Backbone | None = None,

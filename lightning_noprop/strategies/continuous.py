@@ -34,6 +34,8 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
             and replay it (the same computation without per-step launch overhead); no effect on CPU.
     """
 
+    execution_options = ("inference_steps", "readout", "cuda_graph")
+
     def __init__(
         self,
         embedding: ClassEmbedding | None = None,

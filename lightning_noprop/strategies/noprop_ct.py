@@ -51,6 +51,9 @@ class NoPropCT(ContinuousTimeStrategy):
         cuda_graph: on a GPU, replay the whole sampler as one CUDA graph (see ``ContinuousTimeStrategy``).
     """
 
+    # snr_derivative: the analytic and the autograd SNR'(t) are the same value.
+    execution_options = (*ContinuousTimeStrategy.execution_options, "inference_noise", "snr_derivative")
+
     def __init__(
         self,
         embedding: ClassEmbedding | None = None,

@@ -72,6 +72,8 @@ class NoPropDT(EmbeddingStrategy):
             backward_mode "joint" and block_order "every_batch".
     """
 
+    execution_options = ("inference_noise", "readout", "block_execution")
+
     def __init__(
         self,
         num_blocks: int = 10,
