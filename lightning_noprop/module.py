@@ -12,9 +12,17 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_noprop.checkpointing import check_checkpoint_callbacks, check_checkpoint_matches, checkpoint_signature, rng_states, set_rng_states
-from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
-from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy, check_parameter_partition
+from lightning_noprop.checkpointing import (
+    check_checkpoint_callbacks,
+    check_checkpoint_matches,
+    checkpoint_signature,
+    rng_states,
+    set_rng_states,
+)
+from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.execution.block_parallel import BlockParallelStrategy
+from lightning_noprop.execution.training import BatchTrainer, Summary, summarize
+from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
 
 
@@ -124,6 +132,7 @@ class LocalLearningModule(LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self._rng_before_validation: dict[str, Any] | None = None
+        self.batch_trainer = BatchTrainer(self, run_seed=torch.initial_seed())
 
     # ----------------------------------------------------------------------------------------------- setup
     @property
@@ -192,55 +201,23 @@ class LocalLearningModule(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    @property
+    def block_parallel(self) -> BlockParallelStrategy | None:
+        """The trainer's ``block_parallel`` strategy when it has one: this process then trains only its blocks."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy if isinstance(strategy, BlockParallelStrategy) else None
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = self._images(batch[0]), batch[1]
-        optimizers = self._optimizers()
-        shared = optimizers[self.strategy.num_local_losses] if len(optimizers) > self.strategy.num_local_losses else None
-        blocks = self.active_blocks()
-        if shared is not None:
-            shared.zero_grad()
-        if self.hparams.backward_mode == "joint":
-            results = list(self.strategy.local_losses(x, y, blocks))
-            # One device sync per batch; inspect the blocks one by one only when something is off.
-            all_finite = bool(torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
-            finite = results if all_finite else [r for r in results if self._is_finite(r)]
-            for r in finite:
-                optimizers[r.block].zero_grad()
-            if finite:
-                self.manual_backward(torch.stack([r.loss for r in finite]).sum())
-            for r in finite:
-                optimizers[r.block].step()
-        else:
-            results = []
-            for r in self.strategy.local_losses(x, y, blocks):
-                if self._is_finite(r):
-                    optimizers[r.block].zero_grad()
-                    self.manual_backward(r.loss)
-                    optimizers[r.block].step()
-                # Keep only the value: holding the loss would keep its graph alive past the next block.
-                results.append(BlockLoss(r.block, r.loss.detach(), r.terms, r.logits))
-        if shared is not None:
-            shared.step()
+        summary = self.batch_trainer.train(x, y, batch_idx)
         if self.hparams.lr_scheduler_interval == "step":
             for scheduler in self._schedulers():
                 scheduler.step()
-        self._log_losses("train", results, y)
+        self._log_summary("train", summary)
         every = self.hparams.train_accuracy_every_n_steps
-        if every and batch_idx % every == 0:
+        # Under block_parallel no process holds every block's current weights between validations.
+        if every and batch_idx % every == 0 and self.block_parallel is None:
             self._log_accuracy("train", self.train_accuracy, self._predict_in_eval_mode(x), y)
-
-    def _is_finite(self, result: BlockLoss) -> bool:
-        if bool(torch.isfinite(result.loss)):
-            return True
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
-        if self.hparams.nonfinite_loss == "error":
-            raise NonFiniteLossError(
-                f"Non-finite loss {result.loss.item()} for block {result.block} at epoch {self.current_epoch}, "
-                f"batch step {self.trainer.fit_loop.epoch_loop._batches_that_stepped} ({terms}). Lower the learning "
-                "rate, set model.gradient_clip_val, use precision 32-true, or set model.nonfinite_loss=skip."
-            )
-        self.log("train/skipped_updates", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
-        return False
 
     def _predict_in_eval_mode(self, x: Tensor) -> Prediction:
         self.strategy.eval()
@@ -273,24 +250,24 @@ class LocalLearningModule(LightningModule):
 
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
         x, y = self._images(batch[0]), batch[1]
-        results = list(self.strategy.local_losses(x, y, range(self.strategy.num_local_losses)))
-        self._log_losses(stage, results, y)
+        results = self.strategy.local_losses(x, y, range(self.strategy.num_local_losses))
+        self._log_summary(stage, summarize(results, y))
         steps = self.hparams.validation_inference_steps if stage == "val" else None
         self._log_accuracy(stage, metric, self.strategy.predict(x, steps), y)
 
-    def _log_losses(self, stage: str, results: list[BlockLoss], y: Tensor) -> None:
-        if not results:
+    def _log_summary(self, stage: str, summary: Summary) -> None:
+        if not summary:
             return
         on_step = stage == "train"
-        self.log(f"{stage}/loss", torch.stack([r.loss.detach() for r in results]).sum(), prog_bar=True,
+        self.log(f"{stage}/loss", torch.stack([v["loss"] for v in summary.values()]).sum(), prog_bar=True,
                  on_step=on_step, on_epoch=True)  # fmt: skip
-        for r in results:
-            self.log(f"{stage}/block_{r.block}/loss", r.loss.detach(), on_step=on_step, on_epoch=True)
-            if r.logits is not None:  # a block with its own classifier: its accuracy, averaged over samples
-                accuracy = (r.logits.argmax(-1) == y).float().mean()
-                self.log(f"{stage}/block_{r.block}/acc", accuracy, on_step=on_step, on_epoch=True, batch_size=y.shape[0])
-        for key in results[0].terms:
-            self.log(f"{stage}/{key}", torch.stack([r.terms[key] for r in results]).mean(), on_step=on_step,
+        for block, values in summary.items():
+            self.log(f"{stage}/block_{block}/loss", values["loss"], on_step=on_step, on_epoch=True)
+            if "acc" in values:  # a block with its own classifier: its accuracy, averaged over samples
+                self.log(f"{stage}/block_{block}/acc", values["acc"], on_step=on_step, on_epoch=True)
+        terms = [k for k in next(iter(summary.values())) if k not in ("loss", "acc")]
+        for key in terms:
+            self.log(f"{stage}/{key}", torch.stack([v[key] for v in summary.values()]).mean(), on_step=on_step,
                      on_epoch=True)  # fmt: skip
 
     def _log_accuracy(self, stage: str, metric: MulticlassAccuracy, prediction: Prediction, y: Tensor) -> None:
@@ -314,10 +291,16 @@ class LocalLearningModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lightning_noprop"] = checkpoint_signature(self)
         checkpoint["lightning_noprop"]["rng_states"] = rng_states()
+        checkpoint["lightning_noprop"]["streams"] = {"run_seed": self.batch_trainer.streams.run_seed,
+                                                     "batches_trained": self.batch_trainer.batches_trained}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_matches(self, checkpoint)
         saved_rng = checkpoint["lightning_noprop"].get("rng_states")
         if saved_rng is not None:
             set_rng_states(saved_rng)
+        streams = checkpoint["lightning_noprop"].get("streams")
+        if streams is not None:  # the blocks' random streams continue where they stopped
+            self.batch_trainer.streams.run_seed = int(streams["run_seed"])
+            self.batch_trainer.batches_trained = int(streams["batches_trained"])
 

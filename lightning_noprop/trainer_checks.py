@@ -8,6 +8,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 
 _FP16 = ("16-mixed", "16-true", "16")
 
@@ -28,7 +29,8 @@ def check_trainer_supports(trainer: Any, backward_mode: str, block_order: str, n
             "(Lightning #19685). Use --trainer.strategy ddp (backward_mode=joint) or "
             "ddp_find_unused_parameters_true (backward_mode=per_block)."
         )
-    if isinstance(distributed, DDPStrategy) and num_local_losses > 1:
+    # block_parallel subclasses DDPStrategy but wraps nothing in DDP: every backward mode and block order works.
+    if isinstance(distributed, DDPStrategy) and not isinstance(distributed, BlockParallelStrategy) and num_local_losses > 1:
         needs_unused = backward_mode == "per_block" or block_order == "sequential"
         if needs_unused and not distributed._ddp_kwargs.get("find_unused_parameters", False):
             reason = (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_noprop.data.augment import random_crop_flip
 from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
@@ -125,13 +126,21 @@ class ImageDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=self._training_sampler(dataset) if shuffle else None,
             # BatchNorm cannot train on a batch of one sample.
             drop_last=shuffle and len(dataset) % batch_size == 1,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _training_sampler(self, dataset: TensorDataset) -> DistributedSampler:
+        """The training order: a permutation drawn from (the run's seed, the epoch) alone, so it is the same in every
+        process, whatever else draws random numbers, and a resumed run repeats it. Under a data-parallel trainer
+        strategy each process takes its share (DDP); under ``block_parallel`` every process takes every batch."""
+        replicas = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        replicas = replicas or {"num_replicas": 1, "rank": 0}
+        return DistributedSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **replicas)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

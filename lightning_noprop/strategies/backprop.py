@@ -83,7 +83,8 @@ class Backprop(EmbeddingStrategy):
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         for block in blocks:
             assert block == 0, f"Backprop has a single local loss, got block {block}"
-            ce = F.cross_entropy(self(x).logits, y)
+            with self.random_stream(0):
+                ce = F.cross_entropy(self(x).logits, y)
             yield BlockLoss(block=0, loss=ce, terms={"ce": ce.detach()})
 
     @torch.no_grad()

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Literal
 
 from torch import Tensor, nn
 
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.embeddings import ClassEmbedding, OneHotEmbedding
 from lightning_noprop.nn.heads import Head, SoftmaxHead
+
+if TYPE_CHECKING:
+    from lightning_noprop.execution.streams import BlockStreams
 
 
 @dataclass
@@ -29,12 +33,15 @@ class BlockLoss:
         terms: detached scalar parts of the loss, for logging (e.g. ``{"ce": ..., "kl": ...}``).
         logits: detached (B, m) class scores of this block's own classifier, when it has one (BWBPF); the module
             logs their accuracy as ``<stage>/block_<i>/acc``.
+        output: the block's detached output, the next block's input, when blocks form a chain (BWBPF); under
+            ``block_parallel`` it is what one rank sends to the next.
     """
 
     block: int
     loss: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
     logits: Tensor | None = None
+    output: Tensor | None = None
 
 
 @dataclass
@@ -57,11 +64,37 @@ class Strategy(nn.Module, ABC):
     #: ``__init__`` arguments that change how the strategy runs or reads out, not what it learns: a checkpoint
     #: may be evaluated or resumed with other values (every other argument must match the checkpoint's).
     execution_options: ClassVar[tuple[str, ...]] = ()
+    #: The names of ``BlockLoss.terms`` (logged as ``<stage>/<term>``, and exchanged under ``block_parallel``).
+    loss_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self.num_classes: int | None = None
         self.image_shape: tuple[int, int, int] | None = None
+        # Set by the module: the random streams that block i's training draws come from (see ``random_stream``).
+        self.streams: BlockStreams | None = None
+
+    def random_stream(self, block: int) -> ContextManager[None]:
+        """Wrap everything random that local loss ``block`` draws in training (noise samples, dropout): inside, the
+        draws depend only on the run's seed, the block and the batch, not on where or beside what the block runs."""
+        return nullcontext() if self.streams is None else self.streams.stream(block)
+
+    @property
+    def block_dependency(self) -> Literal["independent", "chain"] | None:
+        """How the local losses depend on each other, for ``--trainer.strategy block_parallel``: "independent" (each
+        block trains on x and y alone: NoProp-DT), "chain" (block k trains on block k - 1's detached output, so
+        ranks form a pipeline: BWBPF), or None (one network, or gradients that cross blocks: not splittable)."""
+        return None
+
+    def modules_of_block(self, block: int) -> list[nn.Module]:
+        """The modules whose parameters and buffers local loss ``block`` alone trains and updates (what its owner
+        broadcasts under ``block_parallel``); strategies with a ``block_dependency`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into blocks that train apart.")
+
+    def chain_losses(self, h: Tensor, y: Tensor, first: int, blocks: Sequence[int]) -> Iterator[BlockLoss]:
+        """For a "chain" strategy: ``local_losses`` starting at block ``first`` with its input ``h`` (the output of
+        block ``first - 1``, or the images when ``first`` is 0); each BlockLoss carries its detached ``output``."""
+        raise NotImplementedError(f"{type(self).__name__} is not a chain of blocks.")
 
     def build(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
         """Create every layer for ``num_classes`` classes and images of shape (C, H, W)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ class BWBPF(Strategy):
         average_last_heads: predict with the mean of the softmax of the last n heads (1: the final head alone).
     """
 
+    loss_terms = ("ce",)
     execution_options = ("average_last_heads",)
 
     def __init__(
@@ -83,21 +84,31 @@ class BWBPF(Strategy):
     def block_modules(self) -> list[nn.Module]:
         return list(self.blocks) + list(self.heads)
 
+    @property
+    def block_dependency(self) -> Literal["chain"] | None:
+        return "chain" if self.detach_between_blocks else None
+
+    def modules_of_block(self, block: int) -> list[nn.Module]:
+        return [self.blocks[block], self.heads[block]]
+
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
+        return self.chain_losses(x, y, 0, blocks)
+
+    def chain_losses(self, h: Tensor, y: Tensor, first: int, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         active = set(blocks)
-        h = x
-        for k, block in enumerate(self.blocks):
-            if k > max(active):
-                return
+        assert active and min(active) >= first, f"blocks {sorted(active)} must start at or after block {first}"
+        for k in range(first, max(active) + 1):
+            block = self.blocks[k]
             if k not in active and self.detach_between_blocks:
                 with torch.no_grad():  # an inactive block only feeds the next one
                     h = block(h)
                 continue
-            h = block(h)
+            with self.random_stream(k):
+                h = block(h)
+                logits = self.heads[k](h) if k in active else None
             if k in active:
-                logits = self.heads[k](h)
                 ce = F.cross_entropy(logits, y)
-                yield BlockLoss(block=k, loss=ce, terms={"ce": ce.detach()}, logits=logits.detach())
+                yield BlockLoss(block=k, loss=ce, terms={"ce": ce.detach()}, logits=logits.detach(), output=h.detach())
             if self.detach_between_blocks:
                 h = h.detach()
 

@@ -79,7 +79,9 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         for block in blocks:
             assert block == 0, f"{type(self).__name__} has one network (one local loss), got block {block}"
-            yield self.loss(x, y)
+            with self.random_stream(0):
+                loss = self.loss(x, y)
+            yield loss
 
     @abstractmethod
     def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None) -> BlockLoss:

@@ -72,6 +72,7 @@ class NoPropDT(EmbeddingStrategy):
             backward_mode "joint" and block_order "every_batch".
     """
 
+    loss_terms = ("ce", "kl", "denoise")
     execution_options = ("inference_noise", "readout", "block_execution")
 
     def __init__(
@@ -144,13 +145,23 @@ class NoPropDT(EmbeddingStrategy):
     def requires_joint_backward(self) -> bool:
         return self.block_execution == "vmap"
 
+    @property
+    def block_dependency(self) -> Literal["independent"] | None:
+        # vmap draws every block's dropout masks in one call, so they would depend on which blocks run together.
+        return "independent" if self.block_execution == "loop" else None
+
+    def modules_of_block(self, block: int) -> list[nn.Module]:
+        return [self.blocks[block]]
+
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
         if self.block_execution == "vmap" and len(blocks) > 1:
             yield from self.stacked_block_losses(x, y, blocks)
             return
         shared = self.shared_terms(y)
         for block in blocks:
-            yield self.block_loss(x, y, block, shared)
+            with self.random_stream(block):
+                loss = self.block_loss(x, y, block, shared)
+            yield loss
 
     def shared_terms(self, y: Tensor) -> SharedTerms:
         """``SharedTerms`` for labels y (B,): every part that needs no gradient, the others None."""
@@ -174,9 +185,10 @@ class NoPropDT(EmbeddingStrategy):
         u = self.embedding(y)
         alpha_bar = self.alpha_bar()
         z_prev, z_last = [], []
-        for block in blocks:
-            z_prev.append(sample_q(u, alpha_bar[block]))
-            z_last.append(sample_q(u, alpha_bar[-1]))
+        for block in blocks:  # each block's noise from its own stream, drawn as block_loss draws it
+            with self.random_stream(block):
+                z_prev.append(sample_q(u, alpha_bar[block]))
+                z_last.append(sample_q(u, alpha_bar[-1]))
         logits = call_stacked([self.blocks[b] for b in blocks], x, torch.stack(z_prev))  # (K, B, m)
         u_hat = mix_embeddings(logits.softmax(dim=-1), embedding)  # (K, B, d)
         weights = self.loss_weights(alpha_bar)[list(blocks)]

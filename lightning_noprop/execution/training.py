@@ -1,0 +1,188 @@
+"""One training batch: forward, backward and step of every active block, in one process or block-parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_noprop.errors import NonFiniteLossError
+from lightning_noprop.execution.streams import BlockStreams
+from lightning_noprop.strategies.base import BlockLoss
+
+#: What a summary holds of one block on one batch: its loss, the named parts of it, and its own classifier's accuracy.
+Summary = dict[int, dict[str, Tensor]]
+
+
+def summarize(results: Iterable[BlockLoss], y: Tensor) -> Summary:
+    """Detached per-block values for logging: ``{block: {"loss", *terms, ["acc"]}}`` (the last result per block)."""
+    summary: Summary = {}
+    for r in results:
+        values = {"loss": r.loss.detach(), **r.terms}
+        if r.logits is not None:  # a block with its own classifier: its accuracy over the batch
+            values["acc"] = (r.logits.argmax(-1) == y).float().mean()
+        summary[r.block] = values
+    return summary
+
+
+class BatchTrainer:
+    """Trains a ``LocalLearningModule``'s blocks on one batch; the module owns it and calls ``train`` per batch.
+
+    In one process every active block trains, with one summed backward (``backward_mode="joint"``) or one backward
+    and step per block (``"per_block"``). Under ``BlockParallelStrategy`` this process trains only its own blocks:
+    independent blocks all-reduce the shared gradients (packed with the loss values for the logs), a chain receives
+    its input from the previous rank and sends its output on, one batch behind per rank. Each block draws its
+    randomness from its own stream (``BlockStreams``), seeded by the run's seed, the block and the batch.
+    """
+
+    def __init__(self, module: Any, run_seed: int) -> None:
+        self.module = module
+        self.streams = BlockStreams(run_seed)
+        module.strategy.streams = self.streams
+        self.batches_trained = 0  # batches trained before the current one (checkpointed: it seeds the streams)
+        self._pending_sends: list[Any] = []
+
+    # ------------------------------------------------------------------------------------------ batch
+    def train(self, x: Tensor, y: Tensor, batch_idx: int) -> Summary:
+        """Train on images x (B, C, H, W) and labels y (B,); returns the summary of the blocks trained."""
+        module = self.module
+        optimizers = module._optimizers()
+        num_blocks = module.strategy.num_local_losses
+        shared = optimizers[num_blocks] if len(optimizers) > num_blocks else None
+        parallel = module.block_parallel
+        if shared is not None:
+            shared.zero_grad()
+        if parallel is None:
+            summary = summarize(self.train_blocks(x, y, module.active_blocks(), self.batches_trained), y)
+        elif module.strategy.block_dependency == "chain":
+            summary = self._train_pipeline(parallel, x, y, batch_idx)
+        else:
+            blocks = parallel.owned(module.active_blocks())
+            summary = summarize(self.train_blocks(x, y, blocks, self.batches_trained, defer_errors=True), y)
+        if parallel is not None:
+            summary = self._exchange(parallel, summary, module.strategy.shared_parameters() if shared else [])
+            # The other ranks' block optimizers step with no gradient (a no-op), so that every process counts the
+            # same optimizer steps: global_step, max_steps and checkpoint names agree with one process.
+            for block in range(num_blocks):
+                if parallel.owners[block] != parallel.global_rank:
+                    optimizers[block].step()
+        if shared is not None:
+            shared.step()
+        self.batches_trained += 1
+        return summary
+
+    def train_blocks(self, h: Tensor, y: Tensor, blocks: list[int], batch: int, first: int | None = None,
+                     defer_errors: bool = False) -> list[BlockLoss]:  # fmt: skip
+        """Forward, backward and step each block of ``blocks`` on batch number ``batch``. ``h`` is the images, or
+        for a chain started at block ``first`` that block's input. Returns the results with detached losses."""
+        if not blocks:
+            return []
+        module, strategy = self.module, self.module.strategy
+        optimizers = module._optimizers()
+        with self.streams.training_batch(batch):
+            losses = strategy.local_losses(h, y, blocks) if first is None else strategy.chain_losses(h, y, first, blocks)
+            if module.hparams.backward_mode == "joint":
+                results = list(losses)
+                # One device sync per batch; inspect the blocks one by one only when something is off.
+                all_finite = bool(torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
+                finite = results if all_finite else [r for r in results if self._is_finite(r, defer_errors)]
+                for r in finite:
+                    optimizers[r.block].zero_grad()
+                if finite:
+                    module.manual_backward(torch.stack([r.loss for r in finite]).sum())
+                for r in finite:
+                    optimizers[r.block].step()
+                return [BlockLoss(r.block, r.loss.detach(), r.terms, r.logits, r.output) for r in results]
+            results = []
+            for r in losses:
+                if self._is_finite(r, defer_errors):
+                    optimizers[r.block].zero_grad()
+                    module.manual_backward(r.loss)
+                    optimizers[r.block].step()
+                # Keep only the value: holding the loss would keep its graph alive past the next block.
+                results.append(BlockLoss(r.block, r.loss.detach(), r.terms, r.logits, r.output))
+            return results
+
+    def _is_finite(self, result: BlockLoss, defer_error: bool = False) -> bool:
+        if bool(torch.isfinite(result.loss)):
+            return True
+        if self.module.hparams.nonfinite_loss == "error":
+            if defer_error:  # raised on every rank once the loss values are exchanged
+                return False
+            raise self.nonfinite_error(result.block, result.loss, result.terms)
+        self.module.log("train/skipped_updates", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        return False
+
+    def nonfinite_error(self, block: int, loss: Tensor, terms: dict[str, Tensor]) -> NonFiniteLossError:
+        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        return NonFiniteLossError(
+            f"Non-finite loss {float(loss)} for block {block} at epoch {self.module.current_epoch}, batch "
+            f"{self.batches_trained} ({parts}). Lower the learning rate, set model.gradient_clip_val, use precision "
+            "32-true, or set model.nonfinite_loss=skip."
+        )
+
+    # ---------------------------------------------------------------------------------- block-parallel
+    def _train_pipeline(self, parallel: Any, x: Tensor, y: Tensor, batch_idx: int) -> Summary:
+        """Rank k trains its blocks on the epoch's batch ``batch_idx - k`` (received from rank k - 1 and sent on to
+        rank k + 1), and on the epoch's last batch also on the k batches still in flight."""
+        rank, world = parallel.global_rank, parallel.world_size
+        blocks = parallel.owned(list(range(self.module.strategy.num_local_losses)))
+        epoch_start = self.batches_trained - batch_idx
+        todo = [batch_idx - rank] + (list(range(batch_idx - rank + 1, batch_idx + 1)) if self._last_batch(batch_idx) else [])
+        summary: Summary = {}
+        for index in (i for i in todo if i >= 0):
+            h, labels = (x, y) if rank == 0 else parallel.receive(rank - 1)
+            trained = self.train_blocks(h, labels, blocks, epoch_start + index, first=blocks[0], defer_errors=True)
+            if rank < world - 1:
+                self._wait_for_sends()
+                message = [trained[-1].output, labels]  # kept alive until the sends complete
+                self._pending_sends = [*parallel.send(message, rank + 1), *message]
+            summary.update(summarize(trained, labels))
+        if self._last_batch(batch_idx):
+            self._wait_for_sends()
+        return summary
+
+    def _last_batch(self, batch_idx: int) -> bool:
+        """True when fit trains no further batch of this epoch after ``batch_idx`` (the epoch's end or max_steps)."""
+        trainer = self.module.trainer
+        max_steps = trainer.max_steps
+        ends_fit = max_steps is not None and max_steps >= 0 and trainer.global_step + self.module.num_optimizers >= max_steps
+        return ends_fit or batch_idx + 1 >= trainer.num_training_batches
+
+    def _wait_for_sends(self) -> None:
+        for work in self._pending_sends:
+            if not isinstance(work, Tensor):
+                work.wait()
+        self._pending_sends = []
+
+    def _exchange(self, parallel: Any, summary: Summary, shared: list[Tensor]) -> Summary:
+        """One all-reduce (sum) of the shared gradients and of every block's loss values: each process then holds
+        the one-process gradient of the shared parameters and the summary of all blocks."""
+        strategy = self.module.strategy
+        fields = ["loss", *strategy.loss_terms, "acc"]
+        dtype = shared[0].dtype if shared else torch.float32  # the parameters' own (float64 under 64-true)
+        values = torch.zeros(strategy.num_local_losses, len(fields), 2, dtype=dtype, device=parallel.root_device)
+        for block, entries in summary.items():
+            for j, name in enumerate(fields):
+                if name in entries:
+                    values[block, j, 0], values[block, j, 1] = entries[name], 1.0
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in shared]
+        flat = torch.cat([g.flatten().to(dtype) for g in grads] + [values.flatten()])
+        parallel.all_reduce_sum(flat)
+        offset = 0
+        for p, g in zip(shared, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).to(g.dtype)
+            offset += g.numel()
+        values = flat[offset:].view_as(values)
+        merged: Summary = {}
+        for block in range(strategy.num_local_losses):
+            entries = {name: values[block, j, 0] for j, name in enumerate(fields) if values[block, j, 1] > 0}
+            if entries:
+                merged[block] = entries
+        if self.module.hparams.nonfinite_loss == "error":
+            for block, entries in merged.items():
+                if not torch.isfinite(entries["loss"]):
+                    raise self.nonfinite_error(block, entries["loss"], {k: v for k, v in entries.items() if k != "loss"})
+        return merged
