@@ -128,3 +128,12 @@ def test_missing_data_offline_is_one_clear_error(tmp_path, capsys):
                      "--data.root", str(tmp_path), "--data.download", "false", "--trainer.default_root_dir",
                      str(tmp_path))  # fmt: skip
     assert "expected files" in err
+
+
+def test_predict_under_precision_64_true(tmp_path):
+    cli = run("predict", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.precision", "64-true",
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *SMALL["configs/noprop_dt.yaml"],
+              *FAST)  # fmt: skip
+    predictions = cli.trainer.predict_loop.predictions
+    assert sum(p.logits.shape[0] for p in predictions) == len(cli.datamodule.test_set)
+    assert all(p.logits.dtype == p.z.dtype == torch.float64 for p in predictions)

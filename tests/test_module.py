@@ -289,3 +289,21 @@ def test_fast_dev_run_above_one_warns_and_names_the_options_that_train_that_many
 def test_no_step_warning_without_a_step_budget(tmp_path, recwarn):
     trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(tiny_module(), synthetic_data())
     assert not [w for w in recwarn if "global_step counts optimizer steps" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: NoPropDT(num_blocks=2, width=8), lambda: Backprop(num_blocks=2, width=8),
+     lambda: NoPropCT(width=8, inference_steps=3, noise_schedule=LearnedSchedule(hidden=4)),
+     lambda: NoPropFM(width=8, inference_steps=3, embedding=LearnedEmbedding(6))],
+    ids=["dt", "backprop", "ct", "fm"],
+)  # fmt: skip
+def test_precision_64_true_tests_and_predicts_every_embedding_strategy(make):
+    """Under "64-true" the weights are float64: z_0 (and CT's schedule input t) must be drawn in float64 too."""
+    module = tiny_module(strategy=make())
+    run = trainer(limit_test_batches=1, limit_predict_batches=1, precision="64-true")
+    run.test(module, synthetic_data(), verbose=False)
+    assert 0.0 <= run.callback_metrics["test/acc"] <= 1.0
+    (prediction,) = run.predict(module, synthetic_data())
+    assert prediction.z.dtype == prediction.logits.dtype == torch.float64
+    assert prediction.logits.shape == (16, 10) and torch.isfinite(prediction.logits).all()
