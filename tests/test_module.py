@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lightning_noprop.checkpointing import AtomicCheckpointIO, CheckpointMismatchError
-from lightning_noprop.nn import LearnedEmbedding
+from lightning_noprop.nn import LearnedEmbedding, PrototypeEmbedding
 from lightning_noprop.schedules import LearnedSchedule
 from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM
 from lightning_noprop.trainer_checks import check_trainer_supports
@@ -307,3 +307,22 @@ def test_precision_64_true_tests_and_predicts_every_embedding_strategy(make):
     (prediction,) = run.predict(module, synthetic_data())
     assert prediction.z.dtype == prediction.logits.dtype == torch.float64
     assert prediction.logits.shape == (16, 10) and torch.isfinite(prediction.logits).all()
+
+
+def test_prototypes_are_initialised_on_the_first_fit_only():
+    """A fresh model starts from the class medoids; a second fit continues from the trained prototypes."""
+    data = synthetic_data()
+    medoids = PrototypeEmbedding()
+    medoids.build(10, (1, 28, 28))
+    medoids.initialize_from_data(*data.training_images())
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, embedding=PrototypeEmbedding()))
+    embedding = module.strategy.embedding
+    assert not embedding.data_initialized
+    trainer(limit_train_batches=1, limit_val_batches=0).fit(module, data)
+    # One AdamW step at lr 1e-3 moves each value by at most ~1e-3.
+    torch.testing.assert_close(embedding.weight.detach(), medoids.weight, rtol=0, atol=2e-3)
+    with torch.no_grad():
+        embedding.weight.add_(1.0)  # as if trained far from the medoids
+    changed = embedding.weight.detach().clone()
+    trainer(limit_train_batches=1, limit_val_batches=0).fit(module, data)
+    torch.testing.assert_close(embedding.weight.detach(), changed, rtol=0, atol=2e-3)
