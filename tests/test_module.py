@@ -326,3 +326,28 @@ def test_prototypes_are_initialised_on_the_first_fit_only():
     changed = embedding.weight.detach().clone()
     trainer(limit_train_batches=1, limit_val_batches=0).fit(module, data)
     torch.testing.assert_close(embedding.weight.detach(), changed, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_block"])
+def test_every_optimizer_steps_on_the_current_batch_s_gradient_alone(mode):
+    """At each step an optimizer's gradients are what this batch's backward passes produced, nothing left over from
+    the previous batch: in particular the shared (head, W_Embed) optimizer's, which every block's loss reaches."""
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, embedding=LearnedEmbedding(6)), backward_mode=mode)
+    this_batch: dict[int, torch.Tensor] = {}  # id(parameter) -> sum of the gradients this batch's backwards sent it
+    for p in module.parameters():
+        p.register_hook(lambda grad, key=id(p): this_batch.__setitem__(key, this_batch.get(key, 0) + grad))
+    module.on_train_batch_start = lambda batch, batch_idx: this_batch.clear()
+    stepped = []
+    clip = module.on_before_optimizer_step
+
+    def check(optimizer):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:
+            torch.testing.assert_close(p.grad, this_batch[id(p)], rtol=1e-6, atol=0)
+        stepped.append({id(p) for p in params})
+        clip(optimizer)
+
+    module.on_before_optimizer_step = check
+    trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    shared = {id(p) for p in module.strategy.shared_parameters()}
+    assert len(stepped) == 2 * 3 and stepped.count(shared) == 2, "two batches, each stepping 2 blocks and the shared"
