@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from lightning_noprop.nn import LearnedEmbedding, PosteriorHead, PrototypeEmbedding
 from lightning_noprop.strategies import NoPropDT
 
-from .helpers import IMAGE_SHAPE, batch, tiny_dt
+from .helpers import IMAGE_SHAPE, assert_standard_normal, batch, tiny_dt
 
 
 def _grad_norms(strategy):
@@ -70,6 +70,18 @@ def test_eq3_inference_with_perfect_blocks_lands_on_the_class_embedding(noise):
     # z_T = sqrt(alpha_bar_T) u_y + prod(b_t) z_0 (+ noise of variance ~ 1 - alpha_bar_T); prod(b_t) ~ 0.
     assert torch.allclose(z, expected_mean, atol=0.1 if noise else 1e-3)
     assert (torch.cdist(z, strategy.embedding.weight).argmin(1) == y).all()
+
+
+def test_inference_starts_from_z0_drawn_from_a_standard_normal():
+    """Eq. 3 starts from z_0 ~ N(0, I): the first block's z input, over 256 images x 4 dimensions."""
+    strategy = tiny_dt(num_blocks=2).eval()
+    x, _ = batch(256)
+    starts = []
+    strategy.blocks[0].register_forward_pre_hook(lambda block, args: starts.append(args[1].clone()))
+    strategy.predict(x)
+    strategy.predict(x)
+    assert [z.shape for z in starts] == [(256, 4)] * 2
+    assert_standard_normal(*starts)
 
 
 def test_noise_free_inference_is_deterministic_given_z0():
