@@ -351,3 +351,34 @@ def test_every_optimizer_steps_on_the_current_batch_s_gradient_alone(mode):
     trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
     shared = {id(p) for p in module.strategy.shared_parameters()}
     assert len(stepped) == 2 * 3 and stepped.count(shared) == 2, "two batches, each stepping 2 blocks and the shared"
+
+
+def test_test_accuracy_is_the_count_over_the_whole_test_set():
+    """trainer.test's test/acc equals argmax(logits) == label counted by hand over all 24 test images, in batches of
+    10, 10 and 4 (a per-batch average would weigh the last 4 like 10), with the same noise: each predict call is seeded
+    by its rank."""
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, readout="nearest"),
+                         optimizer=partial(torch.optim.AdamW, lr=1e-2))  # fmt: skip
+    data = synthetic_data(eval_batch_size=10, val_size=0)
+    run = trainer(limit_val_batches=0)
+    run.fit(module, data)
+    predict, calls = module.strategy.predict, []
+
+    def seeded_predict(x, num_steps=None):
+        torch.manual_seed(len(calls))
+        calls.append(num_steps)
+        return predict(x, num_steps)
+
+    module.strategy.predict = seeded_predict
+    run.test(module, data, verbose=False)
+    assert calls == [None] * 3, "test/acc uses the full inference"
+    images, labels = data.test_set.tensors
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for call, start in enumerate(range(0, len(labels), 10)):
+            torch.manual_seed(call)
+            logits = predict(data.normalize_images(images[start : start + 10])).logits
+            correct += (logits.argmax(1) == labels[start : start + 10]).sum().item()
+    assert 0 < correct < len(labels), "a count that says something: neither none nor all right"
+    assert run.callback_metrics["test/acc"].item() == pytest.approx(correct / len(labels), abs=1e-6)
