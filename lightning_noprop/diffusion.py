@@ -20,6 +20,17 @@ def sample_q(u: Tensor, alpha_bar: Tensor) -> Tensor:
     return alpha_bar.sqrt() * u + (1.0 - alpha_bar).sqrt() * torch.randn_like(u)
 
 
+def standard_normal_start(batch_size: int, embedding: Tensor) -> Tensor:
+    """z_0 ~ N(0, I), the start of every sampler (Eq. 3, the Euler ODE, the backprop chain): (B, d) for W_Embed (m, d).
+
+    Drawn on W_Embed's device in its dtype, never below float32: the blocks' weights share that dtype (float64
+    under precision "64-true", where a float32 z_0 would not multiply them), and ``mix_embeddings`` returns at
+    least float32, so the state keeps one dtype along the chain.
+    """
+    dtype = torch.promote_types(embedding.dtype, torch.float32)
+    return torch.randn(batch_size, embedding.shape[1], device=embedding.device, dtype=dtype)
+
+
 def kl_to_standard_normal(u: Tensor, alpha_bar_0: Tensor) -> Tensor:
     """KL( q(z_0 | y) || N(0, I) ) per sample, (B,), for u: (B, d).
 

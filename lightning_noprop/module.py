@@ -147,7 +147,8 @@ class LocalLearningModule(LightningModule):
         check_checkpoint_callbacks(self.trainer.callbacks)
         if self.hparams.block_order == "every_batch":
             warn_about_step_budget(self.trainer, self.num_optimizers)
-        if self.strategy.requires_data_init:
+        # Only once: a second fit of the same model must continue from the trained embedding, not reset it.
+        if self.strategy.requires_data_init and not self.strategy.data_initialized:
             datamodule = self.trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "training_images"):
                 raise ConfigurationError(

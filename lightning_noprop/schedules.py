@@ -57,8 +57,11 @@ def autograd_snr_derivative(schedule: NoiseSchedule, t: Tensor) -> Tensor:
     return derivative
 
 
-def _float32(t: Tensor | float) -> Tensor:
-    return t.float() if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float32)
+def _at_least_float32(t: Tensor | float, like: Tensor) -> Tensor:
+    """t on ``like``'s device in ``like``'s dtype but never below float32: float32 under autocast, float64 when the
+    module is (precision "64-true", where a float32 t would not multiply the float64 weights)."""
+    t = t if torch.is_tensor(t) else torch.tensor(t)
+    return t.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
 class CosineSchedule(NoiseSchedule):
@@ -169,20 +172,20 @@ class LearnedSchedule(NoiseSchedule):
     def _g(self, t: Tensor, hidden_activation: Tensor) -> Tensor:
         return (self.skip(t.unsqueeze(-1)) + self.out(hidden_activation)).squeeze(-1)
 
-    def _ends(self, device: torch.device) -> Tensor:
-        """g(0) and g(1), shape (2,)."""
+    def _ends(self, like: Tensor) -> Tensor:
+        """g(0) and g(1), shape (2,), in ``like``'s dtype."""
         # Built on the device (no host-to-device copy), so the schedule can run inside a CUDA graph capture.
-        return self.g(torch.linspace(0.0, 1.0, 2, device=device))
+        return self.g(torch.linspace(0.0, 1.0, 2, device=like.device, dtype=like.dtype))
 
     def _gamma(self, g_t: Tensor, ends: Tensor) -> Tensor:
         """gamma from g(t) and g(0), g(1): gamma_0 + span (1 - (g(t) - g(0)) / (g(1) - g(0)))."""
         return self.gamma_0 + self.span() * (1.0 - (g_t - ends[0]) / (ends[1] - ends[0]))
 
     def gamma(self, t: Tensor) -> Tensor:
-        """gamma(t) = -log SNR(t), same shape as ``t``, computed in float32 (also under autocast)."""
-        t = _float32(t).to(self.gamma_0.device)
+        """gamma(t) = -log SNR(t), same shape as ``t``, computed in float32 (also under autocast), or float64."""
+        t = _at_least_float32(t, self.gamma_0)
         with torch.autocast(device_type=t.device.type, enabled=False):
-            return self._gamma(self.g(t), self._ends(t.device))
+            return self._gamma(self.g(t), self._ends(t))
 
     def span(self) -> Tensor:
         """gamma_1 - gamma_0, floored at ``min_span``."""
@@ -200,9 +203,9 @@ class LearnedSchedule(NoiseSchedule):
     def snr_derivative(self, t: Tensor) -> Tensor:
         """dSNR/dt = -gamma'(t) SNR(t) = span g'(t) / (g(1) - g(0)) SNR(t), with g' in closed form. The hidden
         layer and g(0), g(1) are evaluated once and shared by g(t), g'(t) and SNR(t)."""
-        t = _float32(t).to(self.gamma_0.device)
+        t = _at_least_float32(t, self.gamma_0)
         with torch.autocast(device_type=t.device.type, enabled=False):
-            ends = self._ends(t.device)
+            ends = self._ends(t)
             s = self._hidden_activation(t)
             w_hidden = nn.functional.softplus(self.hidden.weight).squeeze(-1)  # (hidden,)
             w_out = nn.functional.softplus(self.out.weight).squeeze(0)  # (hidden,)

@@ -216,3 +216,12 @@ def test_main_py_prints_the_message_and_exits_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_predict_under_precision_64_true(tmp_path):
+    cli = run("predict", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.precision", "64-true",
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *SMALL["configs/noprop_dt.yaml"],
+              *FAST)  # fmt: skip
+    predictions = cli.trainer.predict_loop.predictions
+    assert sum(p.logits.shape[0] for p in predictions) == len(cli.datamodule.test_set)
+    assert all(p.logits.dtype == p.z.dtype == torch.float64 for p in predictions)

@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lightning_noprop.checkpointing import AtomicCheckpointIO, CheckpointMismatchError
-from lightning_noprop.nn import LearnedEmbedding
+from lightning_noprop.nn import LearnedEmbedding, PrototypeEmbedding
 from lightning_noprop.schedules import LearnedSchedule
 from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM
 from lightning_noprop.trainer_checks import check_trainer_supports
@@ -289,3 +289,96 @@ def test_fast_dev_run_above_one_warns_and_names_the_options_that_train_that_many
 def test_no_step_warning_without_a_step_budget(tmp_path, recwarn):
     trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(tiny_module(), synthetic_data())
     assert not [w for w in recwarn if "global_step counts optimizer steps" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: NoPropDT(num_blocks=2, width=8), lambda: Backprop(num_blocks=2, width=8),
+     lambda: NoPropCT(width=8, inference_steps=3, noise_schedule=LearnedSchedule(hidden=4)),
+     lambda: NoPropFM(width=8, inference_steps=3, embedding=LearnedEmbedding(6))],
+    ids=["dt", "backprop", "ct", "fm"],
+)  # fmt: skip
+def test_precision_64_true_tests_and_predicts_every_embedding_strategy(make):
+    """Under "64-true" the weights are float64: z_0 (and CT's schedule input t) must be drawn in float64 too."""
+    module = tiny_module(strategy=make())
+    run = trainer(limit_test_batches=1, limit_predict_batches=1, precision="64-true")
+    run.test(module, synthetic_data(), verbose=False)
+    assert 0.0 <= run.callback_metrics["test/acc"] <= 1.0
+    (prediction,) = run.predict(module, synthetic_data())
+    assert prediction.z.dtype == prediction.logits.dtype == torch.float64
+    assert prediction.logits.shape == (16, 10) and torch.isfinite(prediction.logits).all()
+
+
+def test_prototypes_are_initialised_on_the_first_fit_only():
+    """A fresh model starts from the class medoids; a second fit continues from the trained prototypes."""
+    data = synthetic_data()
+    medoids = PrototypeEmbedding()
+    medoids.build(10, (1, 28, 28))
+    medoids.initialize_from_data(*data.training_images())
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, embedding=PrototypeEmbedding()))
+    embedding = module.strategy.embedding
+    assert not embedding.data_initialized
+    trainer(limit_train_batches=1, limit_val_batches=0).fit(module, data)
+    # One AdamW step at lr 1e-3 moves each value by at most ~1e-3.
+    torch.testing.assert_close(embedding.weight.detach(), medoids.weight, rtol=0, atol=2e-3)
+    with torch.no_grad():
+        embedding.weight.add_(1.0)  # as if trained far from the medoids
+    changed = embedding.weight.detach().clone()
+    trainer(limit_train_batches=1, limit_val_batches=0).fit(module, data)
+    torch.testing.assert_close(embedding.weight.detach(), changed, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_block"])
+def test_every_optimizer_steps_on_the_current_batch_s_gradient_alone(mode):
+    """At each step an optimizer's gradients are what this batch's backward passes produced, nothing left over from
+    the previous batch: in particular the shared (head, W_Embed) optimizer's, which every block's loss reaches."""
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, embedding=LearnedEmbedding(6)), backward_mode=mode)
+    this_batch: dict[int, torch.Tensor] = {}  # id(parameter) -> sum of the gradients this batch's backwards sent it
+    for p in module.parameters():
+        p.register_hook(lambda grad, key=id(p): this_batch.__setitem__(key, this_batch.get(key, 0) + grad))
+    module.on_train_batch_start = lambda batch, batch_idx: this_batch.clear()
+    stepped = []
+    clip = module.on_before_optimizer_step
+
+    def check(optimizer):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:
+            torch.testing.assert_close(p.grad, this_batch[id(p)], rtol=1e-6, atol=0)
+        stepped.append({id(p) for p in params})
+        clip(optimizer)
+
+    module.on_before_optimizer_step = check
+    trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    shared = {id(p) for p in module.strategy.shared_parameters()}
+    assert len(stepped) == 2 * 3 and stepped.count(shared) == 2, "two batches, each stepping 2 blocks and the shared"
+
+
+def test_test_accuracy_is_the_count_over_the_whole_test_set():
+    """trainer.test's test/acc equals argmax(logits) == label counted by hand over all 24 test images, in batches of
+    10, 10 and 4 (a per-batch average would weigh the last 4 like 10), with the same noise: each predict call is seeded
+    by its rank."""
+    module = tiny_module(strategy=NoPropDT(num_blocks=2, width=8, readout="nearest"),
+                         optimizer=partial(torch.optim.AdamW, lr=1e-2))  # fmt: skip
+    data = synthetic_data(eval_batch_size=10, val_size=0)
+    run = trainer(limit_val_batches=0)
+    run.fit(module, data)
+    predict, calls = module.strategy.predict, []
+
+    def seeded_predict(x, num_steps=None):
+        torch.manual_seed(len(calls))
+        calls.append(num_steps)
+        return predict(x, num_steps)
+
+    module.strategy.predict = seeded_predict
+    run.test(module, data, verbose=False)
+    assert calls == [None] * 3, "test/acc uses the full inference"
+    images, labels = data.test_set.tensors
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for call, start in enumerate(range(0, len(labels), 10)):
+            torch.manual_seed(call)
+            logits = predict(data.normalize_images(images[start : start + 10])).logits
+            correct += (logits.argmax(1) == labels[start : start + 10]).sum().item()
+    assert 0 < correct < len(labels), "a count that says something: neither none nor all right"
+    assert run.callback_metrics["test/acc"].item() == pytest.approx(correct / len(labels), abs=1e-6)

@@ -115,6 +115,12 @@ def test_learned_schedule_stays_float32_under_autocast():
         assert schedule.snr_derivative(torch.rand(4)).dtype == torch.float32
 
 
+def test_learned_schedule_follows_a_float64_model():
+    schedule = LearnedSchedule(hidden=8).double()  # precision "64-true"
+    for t in (torch.rand(4), torch.rand(4, dtype=torch.float64)):
+        assert schedule.alpha_bar(t).dtype == schedule.snr_derivative(t).dtype == torch.float64
+
+
 def test_learned_schedule_rejects_reversed_endpoints():
     with pytest.raises(ValueError, match="gamma_1 is -log SNR at the noisy end"):
         LearnedSchedule(gamma_0=7.0, gamma_1=-7.0)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -126,7 +127,7 @@ class ImageDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self._training_sampler(dataset) if shuffle else None,
+            sampler=self._training_sampler(dataset) if shuffle else self._evaluation_sampler(dataset),
             # BatchNorm cannot train on a batch of one sample.
             drop_last=shuffle and len(dataset) % batch_size == 1,
             num_workers=self.hparams.num_workers,
@@ -141,6 +142,20 @@ class ImageDataModule(LightningDataModule):
         replicas = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas = replicas or {"num_replicas": 1, "rank": 0}
         return DistributedSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **replicas)
+
+    def _evaluation_sampler(self, dataset: TensorDataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each rank's share of an evaluation set, every image exactly once; else None (all of it).
+
+        Lightning would give validation and test torch's DistributedSampler, which pads the set to a multiple of the
+        world size with repeated images, so val/acc and test/acc (the ranks' counts summed by torchmetrics) would
+        count some images twice. The ranks then run batch counts that differ by at most one, which evaluation allows:
+        no collective runs per batch (no gradients; DDP syncs buffers only before the first no-grad forward, which
+        every rank runs). Lightning keeps a DistributedSampler it is given.
+        """
+        distributed = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not distributed or distributed.get("num_replicas", 1) <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **distributed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

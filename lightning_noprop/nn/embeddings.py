@@ -69,6 +69,11 @@ class ClassEmbedding(nn.Module, ABC):
         """u_y for labels ``y`` of shape (B,), returns (B, dim)."""
         return self.weight[y]
 
+    @property
+    def data_initialized(self) -> bool:
+        """False while ``initialize_from_data`` has yet to run (an embedding that needs it, fresh)."""
+        return True
+
     def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:
         """Data-dependent initialisation from the training split; a no-op unless the embedding needs it."""
 
@@ -124,8 +129,9 @@ class PrototypeEmbedding(ClassEmbedding):
 
     The prototype of class c is the training image whose median Euclidean distance to the other training
     images of class c is smallest (the class "medoid" under the median). The module calls
-    ``initialize_from_data`` with the training split (never validation or test) at the start of fit; a
-    resumed or evaluated checkpoint restores the trained values instead.
+    ``initialize_from_data`` with the training split (never validation or test) at the start of the first fit
+    only: a second ``fit`` of the same model continues from the trained prototypes, and a resumed or evaluated
+    checkpoint restores them (with the ``initialized`` flag).
 
     Args:
         max_images_per_class: cap on the images per class used to pick the prototype (the first ones of
@@ -155,6 +161,11 @@ class PrototypeEmbedding(ClassEmbedding):
     @property
     def z_shape(self) -> tuple[int, ...] | None:
         return self._image_shape
+
+    @property
+    def data_initialized(self) -> bool:
+        # The buffer, not a Python flag: a checkpoint restores it with the trained prototypes.
+        return bool(self.initialized)
 
     def forward(self, y: Tensor) -> Tensor:
         if not bool(self.initialized):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_noprop.diffusion import mix_embeddings
+from lightning_noprop.diffusion import mix_embeddings, standard_normal_start
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
@@ -74,7 +74,7 @@ class Backprop(EmbeddingStrategy):
         """The chain of the first ``num_steps`` (default all) blocks, differentiable end to end.
         x: (B, C, H, W) -> logits (B, m)."""
         embedding = self.embedding.weight
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
+        z = standard_normal_start(x.shape[0], embedding)
         mixing = torch.tanh(self.mixing_logits)
         for t, block in enumerate(self.blocks[: self.num_blocks if num_steps is None else num_steps]):
             z = (1.0 - mixing[t]) * z + mixing[t] * mix_embeddings(block(x, z).softmax(dim=-1), embedding)

@@ -155,9 +155,15 @@ class Strategy(nn.Module, ABC):
         every block trained on every batch computes its gradients correctly."""
         return False
 
+    @property
+    def data_initialized(self) -> bool:
+        """False while a ``requires_data_init`` strategy has not been initialised from data yet (nor restored
+        from a checkpoint); the module then initialises it at the start of fit."""
+        return True
+
     def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:
         """Data-dependent initialisation from the training split (images (N, C, H, W) normalised, labels
-        (N,)), called once at the start of fit when ``requires_data_init``."""
+        (N,)), called at the start of fit when ``requires_data_init`` and not yet ``data_initialized``."""
 
     def describe(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be loaded into this model (compared on load)."""
@@ -197,6 +203,10 @@ class EmbeddingStrategy(Strategy, ABC):
     @property
     def requires_data_init(self) -> bool:
         return self.embedding.requires_data_init
+
+    @property
+    def data_initialized(self) -> bool:
+        return self.embedding.data_initialized
 
     def initialize_from_data(self, images: Tensor, labels: Tensor) -> None:
         self.embedding.initialize_from_data(images, labels)

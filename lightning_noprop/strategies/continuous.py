@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_noprop.cuda_graphs import GraphCache
+from lightning_noprop.diffusion import standard_normal_start
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import TimeConditionedBlock
 from lightning_noprop.nn.embeddings import ClassEmbedding
@@ -95,9 +96,9 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         return self.network.from_image_features(features, z, t)
 
     def sampler_start(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """What every sampler starts from: z_0 ~ N(0, I) (B, d) in float32 and the image features (B, width)."""
-        z = torch.randn(x.shape[0], self.embedding.dim, device=x.device, dtype=torch.float32)
-        return z, self.network.image_encoder(x)
+        """What every sampler starts from: z_0 ~ N(0, I) (B, d) in the model's dtype (``standard_normal_start``) and
+        the image features (B, width)."""
+        return standard_normal_start(x.shape[0], self.embedding.weight), self.network.image_encoder(x)
 
     @abstractmethod
     def sample(self, x: Tensor, num_steps: int) -> Tensor:

@@ -16,6 +16,7 @@ from lightning_noprop.diffusion import (
     mix_embeddings,
     posterior_coefficients,
     sample_q,
+    standard_normal_start,
 )
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import denoising_blocks
@@ -229,7 +230,7 @@ class NoPropDT(EmbeddingStrategy):
         or the nearest class embedding.
         """
         embedding = self.embedding.weight
-        z = torch.randn(x.shape[0], embedding.shape[1], device=x.device, dtype=torch.float32)
+        z = standard_normal_start(x.shape[0], embedding)
         z = posterior_chain(lambda t, z_prev: self.denoise(t, x, z_prev, embedding), z, self.coefficients(),
                             self.inference_noise, num_steps)  # fmt: skip
         logits = readout_logits(self.readout, self.head, z, embedding)

@@ -161,3 +161,53 @@ def test_eval_batch_size_applies_to_validation_test_and_predict_only():
     assert default.test_dataloader().batch_size == 8
     with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
         ImageDataModule(synthetic=True, eval_batch_size=0)
+
+
+def test_under_ddp_each_evaluation_image_is_on_exactly_one_rank():
+    """val/test/predict: the ranks' shares partition the set (torch's DistributedSampler would pad 25 to 26)."""
+    from types import SimpleNamespace
+
+    shares = {"val": [], "test": [], "predict": []}
+    for rank in range(2):
+        dm = ImageDataModule(synthetic=True, synthetic_size=100, val_size=25, batch_size=8)
+        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
+        dm.setup("fit")
+        dm.setup("test")
+        assert dm.train_dataloader().sampler.__class__.__name__ == "RandomSampler", "Lightning shards training"
+        for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader()),
+                              ("predict", dm.predict_dataloader())):  # fmt: skip
+            shares[stage].append(list(loader.sampler))
+    for stage, (first, second) in shares.items():
+        assert sorted(first + second) == list(range(25)), stage
+        assert abs(len(first) - len(second)) <= 1
+
+
+def test_ddp_test_accuracy_counts_every_image_once(monkeypatch):
+    """trainer.test on 2 CPU processes (gloo) gives the accuracy counted by hand over the 25 test images."""
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    from lightning_noprop.nn.backbones import ResNet
+    from lightning_noprop.strategies import BWBPF
+
+    from ..helpers import synthetic_data, tiny_module, trainer
+
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))  # Lightning sets it; leave no trace
+    module = tiny_module(strategy=BWBPF(backbone=ResNet(18, width=4), num_blocks=1)).eval()  # eval: deterministic
+    data = synthetic_data(synthetic_size=100, val_size=0, eval_batch_size=4)
+    data.setup("test")
+    images, _ = data.test_set.tensors
+    with torch.no_grad():
+        logits = module.strategy.predict(data.normalize_images(images)).logits
+    top2 = logits.topk(2, dim=1)
+    assert (top2.values[:, 0] - top2.values[:, 1]).min() > 1e-4, "no near-tie that batching could flip"
+    # Labels that the model gets right on 10 of the 25 images (the first one, which padding would repeat, among them).
+    right = torch.arange(25) % 5 < 2
+    labels = torch.where(right, top2.indices[:, 0], logits.argmin(1))
+    data.test_set = torch.utils.data.TensorDataset(images, labels)
+    by_hand = (logits.argmax(1) == labels).sum().item() / 25
+    padded = torch.cat([torch.tensor(list(torch.utils.data.DistributedSampler(data.test_set, 2, r, shuffle=False)))
+                        for r in range(2)])  # fmt: skip
+    assert (logits.argmax(1) == labels)[padded].float().mean().item() != by_hand, "padding would change the count"
+    run = trainer(devices=2, strategy="ddp_fork")  # fork: no re-import, so the processes start in a fraction of a second
+    run.test(module, data, verbose=False)
+    assert run.callback_metrics["test/acc"].item() == pytest.approx(by_hand, abs=1e-6)

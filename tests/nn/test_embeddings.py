@@ -48,6 +48,18 @@ def test_prototype_picks_each_class_medoid_and_marks_initialised():
     assert embedding.z_shape == (1, 1, 1) and embedding.requires_data_init
 
 
+def test_prototype_initialised_flag_travels_with_the_state_dict():
+    trained = PrototypeEmbedding()
+    trained.build(2, (1, 1, 1))
+    trained.initialize_from_data(torch.tensor([0.0, 1.0, 5.0, 6.0]).view(4, 1, 1, 1), torch.tensor([0, 0, 1, 1]))
+    restored = PrototypeEmbedding()
+    restored.build(2, (1, 1, 1))
+    assert trained.data_initialized and not restored.data_initialized
+    restored.load_state_dict(trained.state_dict())
+    assert restored.data_initialized and torch.equal(restored.weight, trained.weight)
+    assert OneHotEmbedding().data_initialized and LearnedEmbedding().data_initialized, "nothing to initialise"
+
+
 def test_prototype_needs_every_class():
     embedding = PrototypeEmbedding()
     embedding.build(3, (1, 1, 1))

@@ -42,3 +42,12 @@ def assert_trains_and_predicts(strategy) -> None:
     loss.loss.backward()
     assert torch.isfinite(loss.loss)
     assert strategy.eval().predict(x, 5).logits.shape == (6, 4)
+
+
+def assert_standard_normal(first: torch.Tensor, second: torch.Tensor) -> None:
+    """Two draws of z_0 (B, d), B * d >= 1000, look like independent N(0, I): mean ~0 and standard deviation ~1 over
+    their values (bounds at ~5 standard errors), and they differ (fresh noise per call, not a fixed start)."""
+    for z in (first, second):
+        assert z.numel() >= 1000, "too few values for the bounds below"
+        assert abs(z.mean().item()) < 0.15 and 0.9 < z.std().item() < 1.1, (z.mean().item(), z.std().item())
+    assert not torch.allclose(first, second)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from lightning_noprop.nn import LearnedEmbedding, PosteriorHead, PrototypeEmbedding
 from lightning_noprop.strategies import NoPropDT
 
-from .helpers import IMAGE_SHAPE, batch, tiny_dt
+from .helpers import IMAGE_SHAPE, assert_standard_normal, batch, tiny_dt
 
 
 def _grad_norms(strategy):
@@ -48,6 +48,31 @@ def test_eq8_loss_value():
     assert torch.allclose(got.terms["denoise"], denoise, rtol=1e-5)
 
 
+def test_denoising_term_back_propagates_into_a_learned_embedding():
+    """W_Embed enters Eq. 8's denoising term twice, in u_hat = softmax(logits) @ W_Embed and in u_y = W_Embed[y] (also
+    through z_{t-1}): the loss's gradient w.r.t. a learned W_Embed is autograd of the whole formula, whose denoising
+    part alone is a sizeable share of it (CE and KL reach W_Embed too, so a detached denoising term would hide)."""
+    strategy = tiny_dt(num_blocks=4, embedding=LearnedEmbedding(dim=5), eta=0.3).eval()  # eval: no dropout RNG
+    x, y = batch()
+    t, W = 2, strategy.embedding.weight
+    torch.manual_seed(1)
+    (got,) = torch.autograd.grad(strategy.block_loss(x, y, t).loss, W)
+    torch.manual_seed(1)
+    eps_prev, eps_T = torch.randn(6, 5), torch.randn(6, 5)
+    u = W[y]
+    ab = strategy.noise_schedule.alpha_bar(torch.linspace(0, 1, 5))
+    snr = ab / (1 - ab)
+    z_prev = ab[t].sqrt() * u + (1 - ab[t]).sqrt() * eps_prev
+    u_hat = strategy.blocks[t](x, z_prev).softmax(-1) @ W
+    denoise = (4 / 2) * 0.3 * (snr[t + 1] - snr[t]) * ((u_hat - u) ** 2).sum(-1).mean()
+    ce = F.cross_entropy(strategy.head.linear(ab[4].sqrt() * u + (1 - ab[4]).sqrt() * eps_T), y)
+    kl = (0.5 * (ab[0] * (u**2).sum(-1) - 5 * ab[0] - 5 * torch.log(1 - ab[0]))).mean()
+    (from_denoise,) = torch.autograd.grad(denoise, W, retain_graph=True)
+    (expected,) = torch.autograd.grad(ce + kl + denoise, W)
+    assert from_denoise.norm() > 0.1 * expected.norm(), "the denoising term must pull on W_Embed"
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_loss_weights_positive_finite_and_last_is_about_5000():
     strategy = tiny_dt(num_blocks=10)
     weights = strategy.loss_weights()
@@ -70,6 +95,18 @@ def test_eq3_inference_with_perfect_blocks_lands_on_the_class_embedding(noise):
     # z_T = sqrt(alpha_bar_T) u_y + prod(b_t) z_0 (+ noise of variance ~ 1 - alpha_bar_T); prod(b_t) ~ 0.
     assert torch.allclose(z, expected_mean, atol=0.1 if noise else 1e-3)
     assert (torch.cdist(z, strategy.embedding.weight).argmin(1) == y).all()
+
+
+def test_inference_starts_from_z0_drawn_from_a_standard_normal():
+    """Eq. 3 starts from z_0 ~ N(0, I): the first block's z input, over 256 images x 4 dimensions."""
+    strategy = tiny_dt(num_blocks=2).eval()
+    x, _ = batch(256)
+    starts = []
+    strategy.blocks[0].register_forward_pre_hook(lambda block, args: starts.append(args[1].clone()))
+    strategy.predict(x)
+    strategy.predict(x)
+    assert [z.shape for z in starts] == [(256, 4)] * 2
+    assert_standard_normal(*starts)
 
 
 def test_noise_free_inference_is_deterministic_given_z0():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lightning_noprop.nn import LearnedEmbedding, OneHotEmbedding, PosteriorHead, PrototypeEmbedding, SoftmaxHead
 from lightning_noprop.strategies import NoPropFM
 
-from .helpers import assert_trains_and_predicts, batch, tiny
+from .helpers import assert_standard_normal, assert_trains_and_predicts, batch, tiny
 
 
 def _fixed_inputs(d: int):
@@ -109,3 +109,22 @@ def test_sigma_adds_noise_to_the_path():
     assert strategy.loss(x, y, t, z_0).loss.item() != strategy.loss(x, y, t, z_0).loss.item()
     with pytest.raises(ValueError, match="sigma"):
         NoPropFM(sigma=-1.0)
+
+
+def test_inference_starts_from_z0_drawn_from_a_standard_normal():
+    """The sampler starts from z_0 ~ N(0, I): the network's z input at t = 0, over 256 images x 4 dimensions."""
+    strategy = tiny(NoPropFM).eval()
+    x, _ = batch(256)
+    starts = []
+    original = strategy.network.from_image_features
+
+    def record_the_start(features, z, t):
+        if t[0] == 0:
+            starts.append(z.clone())
+        return original(features, z, t)
+
+    strategy.network.from_image_features = record_the_start
+    strategy.predict(x, num_steps=2)
+    strategy.predict(x, num_steps=2)
+    assert [z.shape for z in starts] == [(256, 4)] * 2
+    assert_standard_normal(*starts)
