@@ -12,17 +12,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_noprop.data import ImageDataModule
 from lightning_noprop.errors import UserError
 from lightning_noprop.module import LocalLearningModule
+from lightning_noprop.predictions import PredictionWriter
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
 
 
 class NoPropCLI(LightningCLI):
-    """LightningCLI with the data's class count and image shape linked into the model."""
+    """LightningCLI with the data's class count and image shape linked into the model, and our callbacks always on."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")  # predict: predictions.csv
 
 
 def default_precision() -> str:
