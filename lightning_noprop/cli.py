@@ -9,10 +9,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_noprop.anytime import AnytimeCurve
 from lightning_noprop.data import ImageDataModule
 from lightning_noprop.errors import UserError
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.predictions import PredictionWriter
+from lightning_noprop.reporting import TensorBoardReport
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
@@ -25,6 +27,8 @@ class NoPropCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")  # predict: predictions.csv
+        parser.add_lightning_class_args(AnytimeCurve, "anytime")  # test: accuracy after k blocks / sampler steps
+        parser.add_lightning_class_args(TensorBoardReport, "tensorboard")  # per-block charts, hp_metric
 
 
 def default_precision() -> str:
