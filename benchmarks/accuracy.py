@@ -35,6 +35,7 @@ from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_noprop.anytime import anytime_accuracy  # noqa: E402
 from lightning_noprop.cli import main as cli_main  # noqa: E402
 from provenance import commit, hardware  # noqa: E402
 
@@ -102,15 +103,9 @@ def anytime(model, datamodule, steps: list[int]) -> dict[int, float]:
     """Test accuracy when inference uses ``k`` blocks (DT, backprop) or ``k`` sampler steps (CT, FM)."""
     model.eval()
     images, labels = datamodule.test_set.tensors
-    accuracy = {}
-    for k in steps:
-        torch.manual_seed(0)
-        correct = 0
-        for start in range(0, len(labels), 500):
-            x = datamodule.normalize_images(images[start : start + 500].to(model.device)).to(model.dtype)
-            correct += (model.strategy.predict(x, k).logits.argmax(1).cpu() == labels[start : start + 500]).sum().item()
-        accuracy[k] = correct / len(labels)
-    return accuracy
+    batches = [(datamodule.normalize_images(images[start : start + 500].to(model.device)).to(model.dtype),
+                labels[start : start + 500].to(model.device)) for start in range(0, len(labels), 500)]  # fmt: skip
+    return {k: correct / total for k, (correct, total) in anytime_accuracy(model.strategy, batches, steps, seed=0).items()}
 
 
 def run(row: str, seed: int, args: argparse.Namespace) -> dict:
@@ -132,6 +127,7 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
         cli = cli_main(args=["--config", config, *overrides, *extra, "--seed_everything", str(seed), "--trainer.max_epochs",
                              str(args.epochs), "--data.root", args.data_root, "--data.download", "false",
                              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", workdir,
+                             "--anytime.enabled", "false",  # computed once below, not after each inference run
                              "--trainer.logger.init_args.save_dir", workdir, *args.extra], run=False)  # fmt: skip
     curve = Curve()
     cli.trainer.callbacks.append(curve)

@@ -12,10 +12,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_noprop.anytime import AnytimeCurve
 from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differences, read_checkpoint
 from lightning_noprop.data import DATASETS, ImageDataModule
 from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError, UserError
 from lightning_noprop.module import LocalLearningModule
+from lightning_noprop.predictions import PredictionWriter
+from lightning_noprop.reporting import TensorBoardReport
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
@@ -23,7 +26,8 @@ USER_ERROR_EXIT_CODE = 2
 
 class NoPropCLI(LightningCLI):
     """LightningCLI with the data's class count and image shape linked into the model, and a ``--ckpt_path`` that
-    must fit the model the user configured.
+    must fit the model the user configured; our callbacks are always on (``--prediction_writer.*``,
+    ``--anytime.*``, ``--tensorboard.*``).
 
     LightningCLI rebuilds the model from the hyperparameters stored in ``--ckpt_path``, silently replacing the
     configured one (Lightning #21455, LIGHTNING.md). Here the model is built from the user's ``--config`` and
@@ -34,6 +38,9 @@ class NoPropCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")  # predict: predictions.csv
+        parser.add_lightning_class_args(AnytimeCurve, "anytime")  # test: accuracy after k blocks / sampler steps
+        parser.add_lightning_class_args(TensorBoardReport, "tensorboard")  # per-block charts, hp_metric
         parser.add_argument(
             "--model_from_checkpoint", type=bool, default=False,
             help="Build the model from the configuration stored in --ckpt_path, ignoring the model options of "

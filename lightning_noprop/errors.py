@@ -29,3 +29,7 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """A local loss became NaN or inf (training diverged); the message names the block and the remedies."""
+
+
+class ImageFileError(UserError, ValueError):
+    """An image to predict (``data.predict_path``) that is missing or not a readable PNG/JPEG; the message names it."""

@@ -1,4 +1,4 @@
-"""Shared fixtures. The real MNIST data lives in ../shared/datasets (or $LIGHTNING_NOPROP_DATA)."""
+"""Shared fixtures. The real MNIST data is the project's own copy, data/MNIST/raw/*.gz (or $LIGHTNING_NOPROP_DATA)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_noprop.data.datasets import DATASETS, missing_files
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def _data_root() -> Path:
-    return Path(os.environ.get("LIGHTNING_NOPROP_DATA", REPO.parent / "shared" / "datasets"))
+    return Path(os.environ.get("LIGHTNING_NOPROP_DATA", REPO / "data"))
 
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The folder holding MNIST/raw; skips when absent, except under CI where absence is a failure."""
     root = _data_root()
-    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+    if missing_files(DATASETS["mnist"], root):
         message = f"MNIST not found under {root}/MNIST/raw (set LIGHTNING_NOPROP_DATA)"
         if os.environ.get("CI"):
             pytest.fail(message + "; CI requires it.")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_noprop.data.augment import random_crop_flip
 from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
+from lightning_noprop.data.images import ImageFiles
 from lightning_noprop.errors import ConfigurationError
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"]
@@ -45,6 +46,8 @@ class ImageDataModule(LightningDataModule):
         augment: augment training batches with a random crop of the zero-padded image and a horizontal flip
             (BWBPF's recipe); off for NoProp's paper settings. Validation and test are never augmented.
         crop_padding: padding of the random crop, in pixels (the CIFAR recipe: 4).
+        predict_path: what ``predict`` classifies: one image file or a folder of them (PNG/JPEG of any size, converted
+            to the dataset's channels and size); None predicts the test split.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ImageDataModule(LightningDataModule):
         synthetic_size: int = 2048,
         augment: bool = False,
         crop_padding: int = 4,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -89,6 +93,7 @@ class ImageDataModule(LightningDataModule):
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
+        self.predict_set: ImageFiles | TensorDataset | None = None
 
     def prepare_data(self) -> None:
         if self.hparams.download and not self.hparams.synthetic:
@@ -116,13 +121,18 @@ class ImageDataModule(LightningDataModule):
                 train_idx = train_idx[:train_size]
             self.train_set = TensorDataset(images[train_idx], labels[train_idx])
             self.val_set = TensorDataset(images[val_idx], labels[val_idx]) if val_size > 0 else None
+        if stage == "predict" and self.hparams.predict_path is not None:
+            self.predict_set = ImageFiles(self.hparams.predict_path, self.image_shape)
+            return
         if stage in ("test", "predict") and self.test_set is None:
             images, labels = self._split(train=False)
             if self.hparams.test_size is not None:
                 images, labels = images[: self.hparams.test_size], labels[: self.hparams.test_size]
             self.test_set = TensorDataset(images, labels)
+        if stage == "predict":
+            self.predict_set = self.test_set
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: TensorDataset | ImageFiles, shuffle: bool) -> DataLoader:
         batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size or self.hparams.batch_size
         return DataLoader(
             dataset,
@@ -167,7 +177,7 @@ class ImageDataModule(LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.predict_set, shuffle=False)
 
     def normalize_images(self, images: Tensor) -> Tensor:
         """uint8 images (B, C, H, W) -> float, scaled to [0, 1] and standardised per channel."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets as tv_datasets
 
+from lightning_noprop.data.idx import idx_path, read_idx_split
 from lightning_noprop.data.tiny_imagenet import read_tiny_imagenet
 from lightning_noprop.errors import DatasetNotFoundError
 
@@ -23,12 +24,13 @@ class DatasetSpec:
         torchvision_class: the torchvision dataset (it knows the download URLs and checksums); None for a
             dataset read by ``reader`` that cannot be downloaded automatically.
         folder: the folder torchvision reads under ``root``.
-        files: the files that must be in ``root/folder`` for an offline load.
+        files: the files that must be in ``root/folder`` for an offline load (idx datasets: each plain or ``.gz``).
         num_classes: m.
         image_shape: (C, H, W).
         mean, std: per-channel statistics of the training split, for normalisation.
         source: where a user can get the files by hand.
-        reader: (root/folder, train) -> (uint8 images (N, C, H, W), labels (N,)), for datasets torchvision lacks.
+        reader: (root/folder, train) -> (uint8 images (N, C, H, W), labels (N,)), for datasets torchvision lacks
+            or reads only after unpacking (the idx files, read here from their ``.gz`` as well).
     """
 
     torchvision_class: type | None
@@ -47,11 +49,13 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         tv_datasets.MNIST, "MNIST/raw", _MNIST_FILES, 10, (1, 28, 28), (0.1307,), (0.3081,),
-        "the four MNIST idx files (and their .gz) from a torchvision MNIST download",
+        "the four MNIST .gz files (shipped in the project's data/MNIST/raw) or their unpacked idx files",
+        read_idx_split,
     ),
     "fashion_mnist": DatasetSpec(
         tv_datasets.FashionMNIST, "FashionMNIST/raw", _MNIST_FILES, 10, (1, 28, 28), (0.2860,), (0.3530,),
-        "the four Fashion-MNIST idx files from github.com/zalandoresearch/fashion-mnist (gunzip them)",
+        "the four Fashion-MNIST .gz (or unpacked idx) files from github.com/zalandoresearch/fashion-mnist",
+        read_idx_split,
     ),
     "cifar10": DatasetSpec(
         tv_datasets.CIFAR10, "cifar-10-batches-py",
@@ -74,8 +78,10 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def missing_files(spec: DatasetSpec, root: Path) -> list[str]:
-    """The files of ``spec`` that are not in ``root/spec.folder``."""
+    """The files of ``spec`` that are not in ``root/spec.folder`` (an idx file counts when its ``.gz`` is there)."""
     folder = root / spec.folder
+    if spec.reader is read_idx_split:
+        return [name for name in spec.files if idx_path(folder, name) is None]
     return [name for name in spec.files if not (folder / name).is_file()]
 
 

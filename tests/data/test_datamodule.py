@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_noprop.data import DATASETS, DatasetNotFoundError, ImageDataModule
+from lightning_noprop.data.idx import idx_path, read_idx_split
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -51,9 +52,11 @@ def test_missing_dataset_names_folder_and_files(tmp_path):
 def test_corrupt_dataset_is_reported(tmp_path, mnist_root):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in DATASETS["mnist"].files:
-        shutil.copy(mnist_root / "MNIST" / "raw" / name, raw / name)
-    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:1000])
+    for name in DATASETS["mnist"].files:  # the project's .gz files (or unpacked ones under $LIGHTNING_NOPROP_DATA)
+        source = idx_path(mnist_root / "MNIST" / "raw", name)
+        shutil.copy(source, raw / source.name)
+    (images,) = raw.glob("train-images-idx3-ubyte*")
+    images.write_bytes(images.read_bytes()[:1000])
     with pytest.raises(DatasetNotFoundError, match="corrupt"):
         ImageDataModule(root=str(tmp_path), download=False).setup("fit")
 
@@ -65,6 +68,46 @@ def test_real_mnist_splits_and_normalisation(mnist_root):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55_000, 5_000, 10_000)
     images, _ = dm.training_images()
     assert abs(images.mean().item()) < 0.02 and abs(images.std().item() - 1) < 0.02
+
+
+def test_idx_files_read_from_gz_equal_the_unpacked_ones(tmp_path, mnist_root):
+    """The shipped .gz files are read without unpacking them, to the same tensors as the plain idx files."""
+    import gzip
+
+    source = mnist_root / "MNIST" / "raw"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        path = idx_path(source, name)
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        (tmp_path / name).write_bytes(data)
+    plain_images, plain_labels = read_idx_split(tmp_path, train=False)
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (gz / f"{name}.gz").write_bytes(gzip.compress((tmp_path / name).read_bytes(), compresslevel=1))
+    images, labels = read_idx_split(gz, train=False)
+    assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.long
+    assert torch.equal(images, plain_images) and torch.equal(labels, plain_labels)
+
+
+def test_the_gz_files_alone_train_offline_without_a_download(tmp_path, mnist_root, monkeypatch):
+    """With only the four .gz files (as shipped in data/MNIST/raw), download=True downloads nothing and fit reads them."""
+    import dataclasses
+
+    from lightning_noprop.data import datasets
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in DATASETS["mnist"].files:
+        shutil.copy(mnist_root / "MNIST" / "raw" / f"{name}.gz", raw)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("torchvision was asked to download")
+
+    monkeypatch.setitem(datasets.DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], torchvision_class=no_network))
+    dm = ImageDataModule(root=str(tmp_path), download=True, val_size=5000)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 55_000 and sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in DATASETS["mnist"].files)
 
 
 def test_unknown_dataset_is_refused():
