@@ -145,6 +145,8 @@ class LocalLearningModule(LightningModule):
         check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
                                self.strategy.num_local_losses)  # fmt: skip
         check_checkpoint_callbacks(self.trainer.callbacks)
+        sampler = self.trainer.distributed_sampler_kwargs or {}
+        self.batch_trainer.streams.replica = int(sampler.get("rank", 0))  # DDP ranks train on different images
         if self.hparams.block_order == "every_batch":
             warn_about_step_budget(self.trainer, self.num_optimizers)
         # Only once: a second fit of the same model must continue from the trained embedding, not reset it.

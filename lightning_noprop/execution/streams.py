@@ -11,9 +11,10 @@ import torch
 _MASK = (1 << 63) - 1
 
 
-def stream_seed(run_seed: int, block: int, batch: int) -> int:
-    """A 63-bit seed for (run, block, batch): splitmix64's finaliser over the three counters."""
-    value = (run_seed * 0x9E3779B97F4A7C15 + (block + 1) * 0xBF58476D1CE4E5B9 + (batch + 1) * 0x94D049BB133111EB) & _MASK
+def stream_seed(run_seed: int, block: int, batch: int, replica: int = 0) -> int:
+    """A 63-bit seed for (run, block, batch, data replica): splitmix64's finaliser over the four counters."""
+    value = (run_seed * 0x9E3779B97F4A7C15 + (block + 1) * 0xBF58476D1CE4E5B9 + (batch + 1) * 0x94D049BB133111EB
+             + replica * 0xD6E8FEB86659FD93) & _MASK  # fmt: skip
     value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
     return value ^ (value >> 31)
@@ -30,10 +31,14 @@ class BlockStreams:
 
     Args:
         run_seed: the run's seed (``seed_everything``); recorded in checkpoints.
+
+    ``replica`` is the data-parallel rank (DDP: each rank trains on other images, so its draws differ too; 0 in one
+    process and under ``block_parallel``, where every rank sees the same images).
     """
 
     def __init__(self, run_seed: int) -> None:
         self.run_seed = int(run_seed)
+        self.replica = 0
         self.batch: int | None = None
 
     @contextmanager
@@ -50,7 +55,7 @@ class BlockStreams:
         batch = self.batch if batch is None else batch
         if batch is None:
             return nullcontext()
-        return self._seeded(stream_seed(self.run_seed, block, batch))
+        return self._seeded(stream_seed(self.run_seed, block, batch, self.replica))
 
     @contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:

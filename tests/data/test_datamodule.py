@@ -214,9 +214,10 @@ def test_under_ddp_each_evaluation_image_is_on_exactly_one_rank():
     for rank in range(2):
         dm = ImageDataModule(synthetic=True, synthetic_size=100, val_size=25, batch_size=8)
         dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
-        dm.setup("fit")
-        dm.setup("test")
-        assert dm.train_dataloader().sampler.__class__.__name__ == "RandomSampler", "Lightning shards training"
+        for stage in ("fit", "test", "predict"):
+            dm.setup(stage)
+        train = dm.train_dataloader().sampler  # training: this rank's share, in the (seed, epoch) order
+        assert (type(train).__name__, train.num_replicas, train.rank) == ("DistributedSampler", 2, rank)
         for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader()),
                               ("predict", dm.predict_dataloader())):  # fmt: skip
             shares[stage].append(list(loader.sampler))
@@ -254,3 +255,20 @@ def test_ddp_test_accuracy_counts_every_image_once(monkeypatch):
     run = trainer(devices=2, strategy="ddp_fork")  # fork: no re-import, so the processes start in a fraction of a second
     run.test(module, data, verbose=False)
     assert run.callback_metrics["test/acc"].item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_the_training_order_depends_on_the_seed_and_the_epoch_alone():
+    """The same permutation whatever the global RNG did (so block_parallel's ranks agree, and a resume repeats it),
+    a new one each epoch, and under block_parallel's kwargs (one replica) every image on every rank."""
+    from types import SimpleNamespace
+
+    dm = ImageDataModule(synthetic=True, synthetic_size=100, val_size=10, batch_size=8)
+    dm.setup("fit")
+    first = list(dm.train_dataloader().sampler)
+    torch.rand(1000)  # anything else drawing from the global generator
+    sampler = dm.train_dataloader().sampler
+    assert list(sampler) == first and sorted(first) == list(range(90))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 1, "rank": 0})  # block_parallel
+    assert list(dm.train_dataloader().sampler) == first
