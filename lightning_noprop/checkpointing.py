@@ -108,8 +108,13 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], ign
     ``ignored`` and keys below them (``"optimizer"`` ignores ``"optimizer.init_args.lr"``)."""
     saved_flat, current_flat = flatten_config(saved), flatten_config(current)
 
+    # Where a component's class differs, its init_args are not comparable: the class is the difference.
+    other_classes = [key[: -len("class_path")] for key in saved_flat
+                     if key.endswith("class_path") and saved_flat[key] != current_flat.get(key, saved_flat[key])]  # fmt: skip
+
     def is_ignored(key: str) -> bool:
-        return any(key == name or key.startswith(f"{name}.") for name in ignored)
+        return any(key == name or key.startswith(f"{name}.") for name in ignored) or any(
+            key.startswith(f"{prefix}init_args.") for prefix in other_classes)  # fmt: skip
 
     missing = "(not set)"
     return [

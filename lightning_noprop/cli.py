@@ -10,7 +10,7 @@ import torch
 from jsonargparse.typing import import_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_noprop.anytime import AnytimeCurve
 from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differences, read_checkpoint
@@ -131,7 +131,8 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
         cause = user_error_behind(error)
         if cause is None:
             raise
-        sys.stderr.write(f"error: {cause}\n")
+        if rank_zero_only.rank == 0:  # every rank of a multi-process run meets the same error: say it once
+            sys.stderr.write(f"error: {cause}\n")
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 

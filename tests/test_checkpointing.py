@@ -125,11 +125,13 @@ def test_model_from_checkpoint_uses_the_checkpoints_own_configuration(checkpoint
 
 def test_config_differences_lists_each_changed_leaf():
     saved = {"strategy": {"class_path": "A", "init_args": {"eta": 0.1, "readout": "head"}}, "optimizer": {"lr": 1}}
-    current = {"strategy": {"class_path": "B", "init_args": {"eta": 0.2, "readout": "nearest", "new": 1}},
+    current = {"strategy": {"class_path": "A", "init_args": {"eta": 0.2, "readout": "nearest", "new": 1}},
                "optimizer": {"lr": 2}}  # fmt: skip
     assert config_differences(saved, current, ["optimizer", "strategy.init_args.readout"]) == [
-        "strategy.class_path: checkpoint 'A', current 'B'",
         "strategy.init_args.eta: checkpoint 0.1, current 0.2",
         "strategy.init_args.new: checkpoint '(not set)', current 1",
     ]
     assert config_differences({"shape": (1, 2)}, {"shape": [1, 2]}, []) == []
+    # Another class: its init_args are not comparable, the class is the difference.
+    other = {**current, "strategy": {**current["strategy"], "class_path": "B"}}
+    assert config_differences(saved, other, ["optimizer"]) == ["strategy.class_path: checkpoint 'A', current 'B'"]
