@@ -51,3 +51,20 @@ def assert_standard_normal(first: torch.Tensor, second: torch.Tensor) -> None:
         assert z.numel() >= 1000, "too few values for the bounds below"
         assert abs(z.mean().item()) < 0.15 and 0.9 < z.std().item() < 1.1, (z.mean().item(), z.std().item())
     assert not torch.allclose(first, second)
+
+
+def sampler_starts(strategy, x: torch.Tensor, runs: int = 2) -> list[torch.Tensor]:
+    """The z a CT/FM sampler feeds its network at t = 0, in each of ``runs`` predictions of x."""
+    starts = []
+    original = strategy.network.from_image_features
+
+    def record_the_start(features, z, t):
+        if t[0] == 0:
+            starts.append(z.clone())
+        return original(features, z, t)
+
+    strategy.network.from_image_features = record_the_start
+    for _ in range(runs):
+        strategy.predict(x, num_steps=2)
+    strategy.network.from_image_features = original
+    return starts

@@ -25,13 +25,9 @@ def test_block_loss_trains_only_its_block_head_and_embedding(block):
     assert strategy.embedding.weight.grad.abs().sum() > 0
 
 
-def test_eq8_loss_value():
-    """L_t = CE(head(z_T), y) + KL(q(z_0|y)||N(0,I)) + (T/2) eta (SNR(t) - SNR(t-1)) ||u_hat - u_y||^2."""
-    strategy = tiny_dt(num_blocks=4, embedding=LearnedEmbedding(dim=5), eta=0.3).eval()  # eval: no dropout RNG
-    x, y = batch()
-    t = 2  # code index 2 = the paper's block 3, conditioned on z_2
-    torch.manual_seed(1)
-    got = strategy.block_loss(x, y, t)
+def _eq8_by_hand(strategy, x, y, t):
+    """Eq. 8's three terms for code index t, written out from the spec with the noise that seed 1 draws, as
+    ``block_loss`` draws it (z_{t-1}'s eps, then z_T's): (ce, kl, denoise), differentiable in W_Embed."""
     torch.manual_seed(1)
     eps_prev, eps_T = torch.randn(6, 5), torch.randn(6, 5)
     W = strategy.embedding.weight
@@ -44,6 +40,17 @@ def test_eq8_loss_value():
     z_T = ab[4].sqrt() * u + (1 - ab[4]).sqrt() * eps_T
     ce = F.cross_entropy(strategy.head.linear(z_T), y)
     kl = (0.5 * (ab[0] * (u**2).sum(-1) - 5 * ab[0] - 5 * torch.log(1 - ab[0]))).mean()
+    return ce, kl, denoise
+
+
+def test_eq8_loss_value():
+    """L_t = CE(head(z_T), y) + KL(q(z_0|y)||N(0,I)) + (T/2) eta (SNR(t) - SNR(t-1)) ||u_hat - u_y||^2."""
+    strategy = tiny_dt(num_blocks=4, embedding=LearnedEmbedding(dim=5), eta=0.3).eval()  # eval: no dropout RNG
+    x, y = batch()
+    t = 2  # code index 2 = the paper's block 3, conditioned on z_2
+    torch.manual_seed(1)
+    got = strategy.block_loss(x, y, t)
+    ce, kl, denoise = _eq8_by_hand(strategy, x, y, t)
     assert torch.allclose(got.loss, ce + kl + denoise, rtol=1e-5)
     assert torch.allclose(got.terms["denoise"], denoise, rtol=1e-5)
 
@@ -57,16 +64,7 @@ def test_denoising_term_back_propagates_into_a_learned_embedding():
     t, W = 2, strategy.embedding.weight
     torch.manual_seed(1)
     (got,) = torch.autograd.grad(strategy.block_loss(x, y, t).loss, W)
-    torch.manual_seed(1)
-    eps_prev, eps_T = torch.randn(6, 5), torch.randn(6, 5)
-    u = W[y]
-    ab = strategy.noise_schedule.alpha_bar(torch.linspace(0, 1, 5))
-    snr = ab / (1 - ab)
-    z_prev = ab[t].sqrt() * u + (1 - ab[t]).sqrt() * eps_prev
-    u_hat = strategy.blocks[t](x, z_prev).softmax(-1) @ W
-    denoise = (4 / 2) * 0.3 * (snr[t + 1] - snr[t]) * ((u_hat - u) ** 2).sum(-1).mean()
-    ce = F.cross_entropy(strategy.head.linear(ab[4].sqrt() * u + (1 - ab[4]).sqrt() * eps_T), y)
-    kl = (0.5 * (ab[0] * (u**2).sum(-1) - 5 * ab[0] - 5 * torch.log(1 - ab[0]))).mean()
+    ce, kl, denoise = _eq8_by_hand(strategy, x, y, t)
     (from_denoise,) = torch.autograd.grad(denoise, W, retain_graph=True)
     (expected,) = torch.autograd.grad(ce + kl + denoise, W)
     assert from_denoise.norm() > 0.1 * expected.norm(), "the denoising term must pull on W_Embed"

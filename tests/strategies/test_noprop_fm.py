@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lightning_noprop.nn import LearnedEmbedding, OneHotEmbedding, PosteriorHead, PrototypeEmbedding, SoftmaxHead
 from lightning_noprop.strategies import NoPropFM
 
-from .helpers import assert_standard_normal, assert_trains_and_predicts, batch, tiny
+from .helpers import assert_standard_normal, assert_trains_and_predicts, batch, sampler_starts, tiny
 
 
 def _fixed_inputs(d: int):
@@ -115,16 +115,6 @@ def test_inference_starts_from_z0_drawn_from_a_standard_normal():
     """The sampler starts from z_0 ~ N(0, I): the network's z input at t = 0, over 256 images x 4 dimensions."""
     strategy = tiny(NoPropFM).eval()
     x, _ = batch(256)
-    starts = []
-    original = strategy.network.from_image_features
-
-    def record_the_start(features, z, t):
-        if t[0] == 0:
-            starts.append(z.clone())
-        return original(features, z, t)
-
-    strategy.network.from_image_features = record_the_start
-    strategy.predict(x, num_steps=2)
-    strategy.predict(x, num_steps=2)
+    starts = sampler_starts(strategy, x)
     assert [z.shape for z in starts] == [(256, 4)] * 2
     assert_standard_normal(*starts)
