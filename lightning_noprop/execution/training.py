@@ -43,6 +43,7 @@ class BatchTrainer:
         module.strategy.streams = self.streams
         self.batches_trained = 0  # batches trained before the current one (checkpointed: it seeds the streams)
         self._pending_sends: list[Any] = []
+        self._stepped: set[int] = set()  # the block optimizers stepped in the current training batch
 
     # ------------------------------------------------------------------------------------------ batch
     def train(self, x: Tensor, y: Tensor, batch_idx: int) -> Summary:
@@ -63,15 +64,28 @@ class BatchTrainer:
             summary = summarize(self.train_blocks(x, y, blocks, self.batches_trained, defer_errors=True), y)
         if parallel is not None:
             summary = self._exchange(parallel, summary, module.strategy.shared_parameters() if shared else [])
-            # The other ranks' block optimizers step with no gradient (a no-op), so that every process counts the
-            # same optimizer steps: global_step, max_steps and checkpoint names agree with one process.
-            for block in range(num_blocks):
-                if parallel.owners[block] != parallel.global_rank:
+            # Every process counts the optimizer steps one process would make on this batch, so that global_step,
+            # max_steps and checkpoint names agree: the other ranks' blocks, and a pipeline's own blocks in its
+            # bubble, step with no gradient (a no-op).
+            for block in module.active_blocks():
+                if block not in self._stepped:
                     optimizers[block].step()
         if shared is not None:
             shared.step()
         self.batches_trained += 1
+        self._stepped.clear()
         return summary
+
+    def _step(self, block: int) -> None:
+        """Step block ``block``'s optimizer; a second step in one training batch (a pipeline draining its last
+        batches) makes the same update through the bare optimizer, so Lightning counts one step a batch."""
+        optimizer = self.module._optimizers()[block]
+        if block not in self._stepped:
+            optimizer.step()
+            self._stepped.add(block)
+            return
+        self.module.on_before_optimizer_step(optimizer.optimizer)  # the clipping a counted step runs
+        optimizer.optimizer.step()
 
     def train_blocks(self, h: Tensor, y: Tensor, blocks: list[int], batch: int, first: int | None = None,
                      defer_errors: bool = False) -> list[BlockLoss]:  # fmt: skip
@@ -93,14 +107,14 @@ class BatchTrainer:
                 if finite:
                     module.manual_backward(torch.stack([r.loss for r in finite]).sum())
                 for r in finite:
-                    optimizers[r.block].step()
+                    self._step(r.block)
                 return [BlockLoss(r.block, r.loss.detach(), r.terms, r.logits, r.output) for r in results]
             results = []
             for r in losses:
                 if self._is_finite(r, defer_errors):
                     optimizers[r.block].zero_grad()
                     module.manual_backward(r.loss)
-                    optimizers[r.block].step()
+                    self._step(r.block)
                 # Keep only the value: holding the loss would keep its graph alive past the next block.
                 results.append(BlockLoss(r.block, r.loss.detach(), r.terms, r.logits, r.output))
             return results

@@ -7,6 +7,7 @@ checkpoint and the collectives counted inside the training steps.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 from functools import partial
@@ -84,7 +85,7 @@ def run_job(job: dict[str, Any], world_size: int, out_dir: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     trainer = Trainer(accelerator="cpu", devices=world_size, strategy=BlockParallelStrategy() if parallel else "auto",
-                      max_epochs=job["epochs"], limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                      max_epochs=job["epochs"], max_steps=job.get("max_steps", -1), limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[counter])  # fmt: skip
     try:
@@ -101,6 +102,7 @@ def _rank(local_rank: int, world_size: int, port: int, jobs: list[dict[str, Any]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), NODE_RANK="0",
                       LOCAL_RANK=str(local_rank), RANK=str(local_rank))  # fmt: skip
     torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(300, exit=True)  # a deadlocked rank fails the test (with its stack), not CI
     for job in jobs:
         run_job(job, world_size, Path(out_dir))
 

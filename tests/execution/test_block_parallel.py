@@ -39,10 +39,12 @@ def assert_same_training_state(ours, theirs, atol=1e-6):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process and two ranks, each running: NoProp-DT for 2 epochs; NoProp-DT for 1 epoch, resumed by the other
-    side to 2 epochs; BWBPF with 2 and 4 blocks for 1 epoch (per_block, and joint on the ranks)."""
+    side to 2 epochs; BWBPF with 2 and 4 blocks for 1 epoch (per_block, and joint on the ranks), and stopped by
+    max_steps in the middle of an epoch."""
     single, double = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("double")
     first = [{"name": "dt", "model": "dt", "epochs": 2}, {"name": "dt1", "model": "dt", "epochs": 1}]
-    bwbpf = [{"name": "bwbpf2", "model": "bwbpf2", "epochs": 1}, {"name": "bwbpf4", "model": "bwbpf4", "epochs": 1}]
+    bwbpf = [{"name": "bwbpf2", "model": "bwbpf2", "epochs": 1}, {"name": "bwbpf4", "model": "bwbpf4", "epochs": 1},
+             {"name": "bwbpf2_steps", "model": "bwbpf2", "epochs": 1, "max_steps": 6}]  # 3 batches: drained there
     for job in first + bwbpf:
         run_job(job, 1, single)
     resume = {"name": "dt_resumed", "model": "dt", "epochs": 2}
@@ -82,7 +84,7 @@ def test_noprop_dt_ranks_exchange_only_the_shared_gradients(runs):
     assert blocks > 100 * shared  # what plain DDP would all-reduce on top, every batch
 
 
-@pytest.mark.parametrize("name", ["bwbpf2", "bwbpf4"])
+@pytest.mark.parametrize("name", ["bwbpf2", "bwbpf4", "bwbpf2_steps"])
 def test_pipelined_bwbpf_on_two_ranks_equals_one_process(runs, name):
     single, double = runs
     assert_same_training_state(load(double, name), load(single, name), atol=1e-9)
