@@ -84,7 +84,7 @@ def run_job(job: dict[str, Any], world_size: int, out_dir: Path) -> None:
     # One thread everywhere, so that every process runs the same kernels (a thread count changes their rounding).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = Trainer(accelerator="cpu", devices=world_size, strategy=BlockParallelStrategy() if parallel else "auto",
+    trainer = Trainer(accelerator=job.get("accelerator", "cpu"), devices=world_size, strategy=BlockParallelStrategy() if parallel else "auto",
                       max_epochs=job["epochs"], max_steps=job.get("max_steps", -1), limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[counter])  # fmt: skip

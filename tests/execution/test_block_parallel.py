@@ -121,6 +121,16 @@ def test_checkpoints_move_between_one_and_two_processes(runs):
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_block_parallel_with_one_nccl_rank_equals_the_plain_loop_on_a_gpu(tmp_path):
+    """The NCCL path (two NCCL ranks cannot share one GPU, so N = 1): the same updates as the single-device loop."""
+    for name, parallel in (("plain", False), ("nccl", True)):
+        run_job({"name": name, "model": "dt", "epochs": 1, "accelerator": "cuda", "block_parallel": parallel}, 1,
+                tmp_path)  # fmt: skip
+    assert_same_training_state(load(tmp_path, "nccl"), load(tmp_path, "plain"))
+
+
 @pytest.mark.parametrize(("strategy", "options", "message"), [
     ("noprop_ct", {}, "use --trainer.strategy ddp"),
     ("backprop", {}, "use --trainer.strategy ddp"),
