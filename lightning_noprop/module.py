@@ -139,6 +139,11 @@ class LocalLearningModule(LightningModule):
     def num_optimizers(self) -> int:
         return self.strategy.num_local_losses + (1 if self.strategy.shared_parameters() else 0)
 
+    def configure_model(self) -> None:
+        # Lightning restores a checkpoint's weights before the strategy converts the module to the precision's dtype:
+        # under 64-true they would be rounded through float32 on the way. Convert first (idempotent).
+        self.trainer.precision_plugin.convert_module(self)
+
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return

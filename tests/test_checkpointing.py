@@ -135,3 +135,18 @@ def test_config_differences_lists_each_changed_leaf():
     # Another class: its init_args are not comparable, the class is the difference.
     other = {**current, "strategy": {**current["strategy"], "class_path": "B"}}
     assert config_differences(saved, other, ["optimizer"]) == ["strategy.class_path: checkpoint 'A', current 'B'"]
+
+
+def test_a_float64_run_resumes_exactly(tmp_path):
+    """Lightning restores the weights before converting the module to 64-true's dtype; without the module converting
+    itself first, they were rounded through float32 (a resumed run differed by ~1e-8 after one batch)."""
+    from .execution.harness import load, run_job
+
+    for job in ({"name": "first", "epochs": 1}, {"name": "straight", "epochs": 2, "max_steps": 32},
+                {"name": "resumed", "epochs": 2, "max_steps": 32, "resume": str(tmp_path / "first.ckpt")}):
+        run_job({"model": "dt", "precision": "64-true", **job}, 1, tmp_path)
+    straight, resumed = load(tmp_path, "straight"), load(tmp_path, "resumed")
+    assert straight["global_step"] == resumed["global_step"] == 32
+    for key, value in straight["state_dict"].items():
+        assert value.dtype != torch.float32 or not value.is_floating_point(), key
+        assert torch.equal(value, resumed["state_dict"][key]), key

@@ -85,7 +85,8 @@ def run_job(job: dict[str, Any], world_size: int, out_dir: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     trainer = Trainer(accelerator=job.get("accelerator", "cpu"), devices=world_size, strategy=BlockParallelStrategy() if parallel else "auto",
-                      max_epochs=job["epochs"], max_steps=job.get("max_steps", -1), limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                      precision=job.get("precision", "32-true"), max_epochs=job["epochs"],
+                      max_steps=job.get("max_steps", -1), limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[counter])  # fmt: skip
     try:
