@@ -36,6 +36,7 @@ class NoPropCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults(shared_defaults())
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")  # predict: predictions.csv
@@ -103,11 +104,48 @@ def default_precision() -> str:
     return "32-true"
 
 
+# The settings every config shares live here, as defaults of the command line, and configs/*.yaml state only what
+# differs from them (issue 16 section 3). Defaults rather than a base config file: a run stays one `--config` (users,
+# docs and saved runs rely on that), and jsonargparse 4.53 has no include-then-override directive (a group can be
+# given as a file, `trainer: base.yaml`, but then the config cannot amend that group, e.g. the logger's name).
+# `--print_config` still writes out the whole resolved config (`--print_config=skip_default` just the config's own
+# lines), and tests/test_configs.py checks that every config resolves to what it did when each spelled out everything.
+# The model's and data's other defaults are their classes' own signatures (the paper's settings).
+
+
 def trainer_defaults() -> dict[str, Any]:
+    """Trainer defaults, given to LightningCLI as ``trainer_defaults``; each config adds ``max_epochs`` and
+    ``logger.init_args.name`` (the run's folder under ``logs/``)."""
     return {
+        # bf16-mixed on GPUs that support it, else 32-true; fp16 is refused.
         "precision": default_precision(),
         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "logs"}},
         "plugins": [{"class_path": "lightning_noprop.checkpointing.AtomicCheckpointIO"}],
+    }
+
+
+def shared_defaults() -> dict[str, Any]:
+    """Defaults set on the parser. ``trainer.callbacks`` is here, not in ``trainer_defaults``, because LightningCLI
+    turns the callbacks of ``trainer_defaults`` into fixed extras that a config can neither see nor replace."""
+    return {
+        "seed_everything": 0,
+        "trainer.callbacks": [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    # The checkpoint is selected on the validation split, never on test (for BWBPF: the final
+                    # head's accuracy).
+                    "monitor": "val/acc",
+                    "mode": "max",
+                    "filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
+                    "auto_insert_metric_name": False,
+                },
+            },
+            # last.ckpt: the latest state, every epoch (fit --ckpt_path .../last.ckpt resumes from it).
+            {"class_path": "lightning_noprop.checkpointing.LatestCheckpoint"},
+        ],
+        # The paper's Table 3 optimizer for NoProp-DT and backprop; the CT/FM (Adam) and BWBPF (SGD) configs set theirs.
+        "model.optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-3}},
     }
 
 
