@@ -44,7 +44,7 @@ def test_noprop_dt_learns_an_mnist_subset(mnist_root):
 
 
 # CT/FM: Table 3's Adam (coupled L2), 200 batches of 64, inference on a 100-step grid (the fit takes ~18 s).
-# CT's threshold: at this budget its accuracy spreads over 0.43-0.72 with the seed and the noise draws (14 runs,
+# CT's threshold: at this budget its accuracy spreads over 0.43-0.72 with the seed and the noise draws (28 runs,
 # RESULTS.md section 17), so 0.45 asks for clear learning; without the softmax in u_hat CT scores 0.275 (section 4).
 @pytest.mark.parametrize(
     ("strategy", "threshold"),
