@@ -23,12 +23,14 @@ def test_joint_and_per_block_give_the_same_updates():
     results = {}
     for mode in ("joint", "per_block"):
         module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8)), backward_mode=mode)
-        trainer(limit_train_batches=3, limit_val_batches=0).fit(module, synthetic_data())
+        # float64: in float32 the joint sum rounds the shared gradient differently, and AdamW's normalisation can
+        # magnify a rounding of a near-zero gradient to a visible update on some CPUs.
+        trainer(limit_train_batches=3, limit_val_batches=0, precision="64-true").fit(module, synthetic_data())
         results[mode] = _params(module)
     initial = _params(tiny_module(strategy=NoPropDT(num_blocks=3, width=16, embedding=LearnedEmbedding(8))))
     for key, value in results["joint"].items():
-        assert torch.allclose(value.float(), results["per_block"][key].float(), atol=1e-6), key
-    assert any(not torch.equal(results["joint"][k], initial[k]) for k in initial), "nothing was trained"
+        assert torch.allclose(value.double(), results["per_block"][key].double(), atol=1e-9), key
+    assert any(not torch.equal(results["joint"][k].double(), initial[k].double()) for k in initial), "nothing was trained"
 
 
 def test_sequential_block_order_trains_one_block_per_epoch():
