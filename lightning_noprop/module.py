@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -19,8 +20,9 @@ from lightning_noprop.checkpointing import (
     rng_states,
     set_rng_states,
 )
-from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
+from lightning_noprop.execution.capture import LogWindow, check_capture_supported, compile_units, fused
 from lightning_noprop.execution.training import BatchTrainer, Summary, summarize
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
@@ -63,14 +65,19 @@ class LocalLearningModule(LightningModule):
         compile_blocks: ``torch.compile`` each of the strategy's ``block_modules()`` separately (one graph per block,
             never across blocks; NoProp-DT's vmap mode compiles only its inference). Use it where the benchmark
             shows a gain: the first batches pay the compilation.
-        compile_options: keyword arguments for ``torch.compile`` (e.g. ``{mode: max-autotune-no-cudagraphs}``).
+        compile_options: keyword arguments for ``torch.compile`` (e.g. ``{mode: max-autotune-no-cudagraphs}``), for
+            compile_blocks or capture_step.
+        capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
+            blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
+            batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
+            (loop), Backprop and PlainCNN. The first batches pay the compilation (lightning_noprop/execution/capture.py).
     """
 
     #: Options that change how the module runs, logs or evaluates, not what it learns: a checkpoint may be evaluated
     #: or resumed with other values (backward modes give the same updates, tested).
     execution_options: ClassVar[tuple[str, ...]] = (
         "backward_mode", "train_accuracy_every_n_steps", "nonfinite_loss", "validation_inference_steps",
-        "channels_last", "compile_blocks", "compile_options",
+        "channels_last", "compile_blocks", "compile_options", "capture_step",
     )  # fmt: skip
     #: The training recipe: it must match a checkpoint that training resumes from, not one that is evaluated.
     training_options: ClassVar[tuple[str, ...]] = (
@@ -94,6 +101,7 @@ class LocalLearningModule(LightningModule):
         channels_last: bool = False,
         compile_blocks: bool = False,
         compile_options: dict[str, Any] | None = None,
+        capture_step: bool = False,
     ) -> None:
         super().__init__()
         # Under the CLI the hparams are the parsed config (class paths), which rebuild the model on load;
@@ -118,13 +126,19 @@ class LocalLearningModule(LightningModule):
                 f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
                 f"got {backward_mode!r} and {block_order!r}."
             )
-        if compile_options and not compile_blocks:
-            raise ConfigurationError("compile_options only apply with compile_blocks=true; set it or drop compile_options.")
+        if compile_options and not (compile_blocks or capture_step):
+            raise ConfigurationError("compile_options only apply with compile_blocks or capture_step true; set one or drop "
+                                     "compile_options.")  # fmt: skip
+        if capture_step:
+            check_capture_supported(strategy, compile_blocks, nonfinite_loss)
         if channels_last:
             strategy.to(memory_format=torch.channels_last)
         if compile_blocks:
             for block in strategy.block_modules():
                 block.compile(**(compile_options or {}))
+        if capture_step:
+            compile_units(strategy, compile_options)
+        self.log_window = LogWindow()
         self.strategy = strategy
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -150,6 +164,9 @@ class LocalLearningModule(LightningModule):
         check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
                                self.strategy.num_local_losses)  # fmt: skip
         check_checkpoint_callbacks(self.trainer.callbacks)
+        if self.hparams.capture_step and self.block_parallel is not None:
+            raise ConfigurationError("capture_step is not supported with --trainer.strategy block_parallel yet; drop "
+                                     "model.capture_step there.")  # fmt: skip
         sampler = self.trainer.distributed_sampler_kwargs or {}
         self.batch_trainer.streams.replica = int(sampler.get("rank", 0))  # DDP ranks train on different images
         if self.hparams.block_order == "every_batch":
@@ -173,6 +190,8 @@ class LocalLearningModule(LightningModule):
             optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
         except ValueError as error:
             raise ConfigurationError(f"model.optimizer: {error}; change it in model.optimizer.init_args.") from error
+        if self.hparams.capture_step:
+            optimizers = [fused(optimizer) for optimizer in optimizers]
         if self.lr_scheduler_factory is None:
             return optimizers
         try:
@@ -221,11 +240,33 @@ class LocalLearningModule(LightningModule):
         if self.hparams.lr_scheduler_interval == "step":
             for scheduler in self._schedulers():
                 scheduler.step()
-        self._log_summary("train", summary)
+        if self.hparams.capture_step:
+            self._log_window(summary, x.shape[0], batch_idx)
+        else:
+            self._log_summary("train", summary)
         every = self.hparams.train_accuracy_every_n_steps
         # Under block_parallel no process holds every block's current weights between validations.
         if every and batch_idx % every == 0 and self.block_parallel is None:
             self._log_accuracy("train", self.train_accuracy, self._predict_in_eval_mode(x), y)
+
+    def _log_window(self, summary: Summary, batch_size: int, batch_idx: int) -> None:
+        """Under capture_step: add the batch's values to the window; log its means (and check them) when Lightning
+        writes step values, and at the epoch's last batch."""
+        self.log_window.add(summary, batch_size)
+        trainer = self.trainer
+        stops = batch_idx + 1 >= trainer.num_training_batches or 0 <= trainer.max_steps <= trainer.global_step
+        if not (trainer._logger_connector.should_update_logs or stops):
+            return
+        first = self.batch_trainer.batches_trained - self.log_window.batches
+        means, samples = self.log_window.flush()
+        bad = [block for block, values in means.items() if not torch.isfinite(values["loss"])]
+        if bad:
+            raise NonFiniteLossError(
+                f"Non-finite loss for block(s) {bad} in batches {first}-{self.batch_trainer.batches_trained - 1} of "
+                f"training (epoch {self.current_epoch}). Lower the learning rate, set model.gradient_clip_val, use "
+                "precision 32-true, or run without model.capture_step and with model.nonfinite_loss=skip."
+            )
+        self._log_summary("train", means, batch_size=samples)
 
     def _predict_in_eval_mode(self, x: Tensor) -> Prediction:
         self.strategy.eval()
@@ -263,20 +304,19 @@ class LocalLearningModule(LightningModule):
         steps = self.hparams.validation_inference_steps if stage == "val" else None
         self._log_accuracy(stage, metric, self.strategy.predict(x, steps), y)
 
-    def _log_summary(self, stage: str, summary: Summary) -> None:
+    def _log_summary(self, stage: str, summary: Summary, batch_size: int | None = None) -> None:
         if not summary:
             return
         on_step = stage == "train"
-        self.log(f"{stage}/loss", torch.stack([v["loss"] for v in summary.values()]).sum(), prog_bar=True,
-                 on_step=on_step, on_epoch=True)  # fmt: skip
+        log = partial(self.log, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        log(f"{stage}/loss", torch.stack([v["loss"] for v in summary.values()]).sum(), prog_bar=True)
         for block, values in summary.items():
-            self.log(f"{stage}/block_{block}/loss", values["loss"], on_step=on_step, on_epoch=True)
+            log(f"{stage}/block_{block}/loss", values["loss"])
             if "acc" in values:  # a block with its own classifier: its accuracy, averaged over samples
-                self.log(f"{stage}/block_{block}/acc", values["acc"], on_step=on_step, on_epoch=True)
+                log(f"{stage}/block_{block}/acc", values["acc"])
         terms = [k for k in next(iter(summary.values())) if k not in ("loss", "acc")]
         for key in terms:
-            self.log(f"{stage}/{key}", torch.stack([v[key] for v in summary.values()]).mean(), on_step=on_step,
-                     on_epoch=True)  # fmt: skip
+            log(f"{stage}/{key}", torch.stack([v[key] for v in summary.values()]).mean())
 
     def _log_accuracy(self, stage: str, metric: MulticlassAccuracy, prediction: Prediction, y: Tensor) -> None:
         assert prediction.logits.shape == (y.shape[0], self.strategy.num_classes), (

@@ -267,7 +267,7 @@ def test_compile_blocks_compiles_each_block_and_keeps_the_updates(make):
     assert results[True].keys() == results[False].keys(), "compiling must not rename the checkpoint's keys"
     for key, value in results[False].items():
         torch.testing.assert_close(results[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    with pytest.raises(ValueError, match="compile_blocks=true"):
+    with pytest.raises(ValueError, match="compile_blocks or capture_step true"):
         tiny_module(compile_options={"mode": "max-autotune"})
 
 

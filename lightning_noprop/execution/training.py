@@ -99,8 +99,10 @@ class BatchTrainer:
             losses = strategy.local_losses(h, y, blocks) if first is None else strategy.chain_losses(h, y, first, blocks)
             if module.hparams.backward_mode == "joint":
                 results = list(losses)
-                # One device sync per batch; inspect the blocks one by one only when something is off.
-                all_finite = bool(torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
+                # One device sync per batch; inspect the blocks one by one only when something is off. A captured step
+                # checks on the device every log_every_n_steps batches instead (LocalLearningModule._log_window).
+                all_finite = module.hparams.capture_step or bool(
+                    torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
                 finite = results if all_finite else [r for r in results if self._is_finite(r, defer_errors)]
                 for r in finite:
                     optimizers[r.block].zero_grad()
@@ -120,7 +122,7 @@ class BatchTrainer:
             return results
 
     def _is_finite(self, result: BlockLoss, defer_error: bool = False) -> bool:
-        if bool(torch.isfinite(result.loss)):
+        if self.module.hparams.capture_step or bool(torch.isfinite(result.loss)):
             return True
         if self.module.hparams.nonfinite_loss == "error":
             if defer_error:  # raised on every rank once the loss values are exchanged
@@ -144,7 +146,7 @@ class BatchTrainer:
         rank, world = parallel.global_rank, parallel.world_size
         blocks = parallel.owned(list(range(self.module.strategy.num_local_losses)))
         epoch_start = self.batches_trained - batch_idx
-        todo = [batch_idx - rank] + (list(range(batch_idx - rank + 1, batch_idx + 1)) if self._last_batch(batch_idx) else [])
+        todo = [batch_idx - rank] + (list(range(batch_idx - rank + 1, batch_idx + 1)) if self.is_last_batch(batch_idx) else [])
         summary: Summary = {}
         for index in (i for i in todo if i >= 0):
             h, labels = (x, y) if rank == 0 else parallel.receive(rank - 1)
@@ -154,11 +156,11 @@ class BatchTrainer:
                 message = [trained[-1].output, labels]  # kept alive until the sends complete
                 self._pending_sends = [*parallel.send(message, rank + 1), *message]
             summary.update(summarize(trained, labels))
-        if self._last_batch(batch_idx):
+        if self.is_last_batch(batch_idx):
             self._wait_for_sends()
         return summary
 
-    def _last_batch(self, batch_idx: int) -> bool:
+    def is_last_batch(self, batch_idx: int) -> bool:
         """True when fit trains no further batch of this epoch after ``batch_idx`` (the epoch's end or max_steps)."""
         trainer = self.module.trainer
         max_steps = trainer.max_steps

@@ -7,6 +7,7 @@ from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
 from lightning_noprop.strategies.noprop_ct import NoPropCT
 from lightning_noprop.strategies.noprop_dt import NoPropDT
 from lightning_noprop.strategies.noprop_fm import NoPropFM
+from lightning_noprop.strategies.plain_cnn import PlainCNN
 
 __all__ = [
     "BWBPF",
@@ -17,6 +18,7 @@ __all__ = [
     "NoPropCT",
     "NoPropDT",
     "NoPropFM",
+    "PlainCNN",
     "Prediction",
     "Strategy",
 ]

@@ -36,6 +36,8 @@ class Backprop(EmbeddingStrategy):
             block contribute from the first step).
     """
 
+    capture_units = ("chain_loss",)
+
     def __init__(
         self,
         num_blocks: int = 10,
@@ -84,8 +86,13 @@ class Backprop(EmbeddingStrategy):
         for block in blocks:
             assert block == 0, f"Backprop has a single local loss, got block {block}"
             with self.random_stream(0):
-                ce = F.cross_entropy(self(x).logits, y)
+                ce = self.chain_loss(x, y)
             yield BlockLoss(block=0, loss=ce, terms={"ce": ce.detach()})
+
+    def chain_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """CE(head(z_T), y) through the whole chain, images x (B, C, H, W), labels y (B,): what ``capture_step``
+        compiles."""
+        return F.cross_entropy(self(x).logits, y)
 
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:

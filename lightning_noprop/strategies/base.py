@@ -66,6 +66,10 @@ class Strategy(nn.Module, ABC):
     execution_options: ClassVar[tuple[str, ...]] = ()
     #: The names of ``BlockLoss.terms`` (logged as ``<stage>/<term>``, and exchanged under ``block_parallel``).
     loss_terms: ClassVar[tuple[str, ...]] = ()
+    #: The methods that compute a block's training loss from modules and tensors alone (no seeding, no host reads,
+    #: no data-dependent Python control flow): the module's ``capture_step`` compiles each into one graph. Empty: the
+    #: strategy's training step cannot be captured (the module refuses the option).
+    capture_units: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -74,6 +74,7 @@ class NoPropDT(EmbeddingStrategy):
     """
 
     loss_terms = ("ce", "kl", "denoise")
+    capture_units = ("denoising_loss",)
     execution_options = ("inference_noise", "readout", "block_execution")
 
     def __init__(
@@ -212,15 +213,21 @@ class NoPropDT(EmbeddingStrategy):
         u = self.embedding(y) if shared.u is None else shared.u
         alpha_bar = self.alpha_bar() if shared.alpha_bar is None else shared.alpha_bar
         weights = self.loss_weights(alpha_bar) if shared.weights is None else shared.weights
-        z_prev = sample_q(u, alpha_bar[block])  # z_{t-1}: Eq. 8 conditions block t on z_{t-1}, not z_t
-        denoise = weights[block] * (self.denoise(block, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
-        ce = F.cross_entropy(self.head(sample_q(u, alpha_bar[-1]), embedding), y)
         kl = kl_to_standard_normal(u, alpha_bar[0]).mean() if shared.kl is None else shared.kl
-        return BlockLoss(
-            block=block,
-            loss=ce + kl + denoise,
-            terms={"ce": ce.detach(), "kl": kl.detach(), "denoise": denoise.detach()},
-        )
+        loss, ce, denoise = self.denoising_loss(self.blocks[block], x, y, u, embedding, alpha_bar[block],
+                                                alpha_bar[-1], weights[block], kl)  # fmt: skip
+        return BlockLoss(block=block, loss=loss, terms={"ce": ce, "kl": kl.detach(), "denoise": denoise})
+
+    def denoising_loss(self, net: nn.Module, x: Tensor, y: Tensor, u: Tensor, embedding: Tensor, alpha_prev: Tensor,
+                       alpha_last: Tensor, weight: Tensor, kl: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """Eq. 8 for one block ``net`` from tensors alone (what ``capture_step`` compiles, one graph for every block):
+        x (B, C, H, W), y (B,), u = u_y (B, d), embedding W_Embed (m, d), alpha_prev = alpha_bar(t - 1), alpha_last =
+        alpha_bar(T), weight = (T / 2) eta (SNR(t) - SNR(t - 1)), kl the batch-mean KL term (all 0-d).
+        Returns (L_t, detached CE, detached denoising term)."""
+        z_prev = sample_q(u, alpha_prev)  # z_{t-1}: Eq. 8 conditions block t on z_{t-1}, not z_t
+        denoise = weight * (mix_embeddings(net(x, z_prev).softmax(dim=-1), embedding) - u).pow(2).sum(-1).mean()
+        ce = F.cross_entropy(self.head(sample_q(u, alpha_last), embedding), y)
+        return ce + kl + denoise, ce.detach(), denoise.detach()
 
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:

@@ -1,0 +1,119 @@
+"""``capture_step``: a training batch as a few compiled graphs instead of thousands of eager operator calls.
+
+On a small model the training step is bound by the host: every operator of every block's forward, backward and
+optimizer step is dispatched from Python, and Lightning logs some 40 values a batch. With ``capture_step`` the module:
+
+- compiles each of the strategy's ``capture_units`` (the per-block loss from modules and tensors alone) with
+  ``torch.compile``, once for every block: the blocks have the same structure and their parameters are the graph's
+  inputs. The backward of each is the graph AOTAutograd derived with it. Random draws keep eager PyTorch's
+  generator and order (inductor's ``fallback_random``), and each block's stream is seeded outside the graphs
+  (``BlockStreams``), so the captured step makes the same draws and the same updates as the eager one (tested);
+- steps Adam, AdamW and SGD with torch's fused kernels (``fused=True``, one kernel a parameter group);
+- keeps the losses on the device and logs their means every ``trainer.log_every_n_steps`` batches (``LogWindow``),
+  where the non-finite-loss check runs too: no host read per batch.
+
+On a GPU the same compiled step runs (a CUDA graph of the whole step is the next stage, not built yet).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from lightning_noprop.errors import ConfigurationError
+
+#: inductor options of every compiled unit: eager PyTorch's random-number generator and order, so that the
+#: captured step draws the numbers the eager step draws from the same per-block stream.
+INDUCTOR_OPTIONS = {"fallback_random": True}
+
+
+def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str) -> None:
+    """Refuse, with what to change, the combinations ``capture_step`` cannot run."""
+    name = type(strategy).__name__
+    if not strategy.capture_units:
+        raise ConfigurationError(
+            f"capture_step does not support {name} yet (supported: NoPropDT with block_execution 'loop', Backprop, "
+            "PlainCNN); set model.capture_step false."
+        )
+    if getattr(strategy, "block_execution", "loop") != "loop":
+        raise ConfigurationError(
+            "capture_step compiles NoProp-DT's blocks one at a time: set model.strategy.init_args.block_execution "
+            "loop, or model.capture_step false."
+        )
+    if compile_blocks:
+        raise ConfigurationError("capture_step compiles the whole training step already: drop model.compile_blocks.")
+    if nonfinite_loss != "error":
+        raise ConfigurationError(
+            "capture_step checks the losses every log_every_n_steps batches on the device, so it cannot skip one "
+            "block's update as nonfinite_loss 'skip' does: set model.nonfinite_loss error, or capture_step false."
+        )
+
+
+def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
+    """Replace each of ``strategy.capture_units`` by its ``torch.compile``d version (an instance attribute)."""
+    for name in strategy.capture_units:
+        method = getattr(strategy, name)
+        # inductor's own options merge with the user's (which win: e.g. a mode choosing CUDA graphs on a GPU).
+        # Dynamic batch size from the start: the epoch's last, smaller batch and evaluation reuse the graph.
+        kwargs = {"dynamic": True, **(options or {})}
+        kwargs["options"] = {**INDUCTOR_OPTIONS, **kwargs.get("options", {})}
+        setattr(strategy, name, torch.compile(method, **kwargs))
+
+
+def fused(optimizer: Optimizer) -> Optimizer:
+    """``optimizer`` with torch's fused kernel where its class has one (Adam, AdamW, SGD, ...), else unchanged."""
+    cls = type(optimizer)
+    if "fused" not in inspect.signature(cls.__init__).parameters or optimizer.defaults.get("fused"):
+        return optimizer
+    devices = _get_fused_kernels_supported_devices()
+    if any(p.device.type not in devices for g in optimizer.param_groups for p in g["params"]):
+        return optimizer
+    accepted = inspect.signature(cls.__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    defaults.update(fused=True, foreach=None)
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]
+    return cls(groups, **defaults)
+
+
+class LogWindow:
+    """Per-block training values summed on the device over the batches since the last flush.
+
+    ``add`` stacks a batch's summary (``{block: {field: 0-d tensor}}``) into a (blocks, fields) tensor and adds it
+    to the running sum, weighted by the batch size; ``flush`` returns the sample-weighted means and the sample
+    count, and empties the window. A non-finite loss makes its block's sum non-finite, so one check at the flush
+    finds it.
+    """
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.samples = 0
+        self.batches = 0
+        self.layout: list[tuple[int, list[str]]] = []
+
+    def add(self, summary: dict[int, dict[str, Tensor]], batch_size: int) -> None:
+        layout = [(block, list(values)) for block, values in summary.items()]
+        if not layout:
+            return
+        if self.total is not None and layout != self.layout:
+            raise RuntimeError("the blocks trained changed within a log window; flush it first.")
+        stacked = torch.stack([torch.stack([v.float() for v in values.values()]) for values in summary.values()])
+        stacked = stacked * batch_size
+        self.total = stacked if self.total is None else self.total + stacked
+        self.layout = layout
+        self.samples += batch_size
+        self.batches += 1
+
+    def flush(self) -> tuple[dict[int, dict[str, Tensor]], int]:
+        """The window's sample-weighted means ``{block: {field: tensor}}`` and its number of samples; empties it."""
+        if self.total is None:
+            return {}, 0
+        means = self.total / self.samples
+        summary = {block: {f: means[i, j] for j, f in enumerate(fields)} for i, (block, fields) in enumerate(self.layout)}
+        samples = self.samples
+        self.total, self.samples, self.batches, self.layout = None, 0, 0, []
+        return summary, samples

@@ -1,0 +1,133 @@
+"""capture_step: the compiled training step makes the eager step's draws and updates (CPU: torch.compile, inductor)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.execution.capture import LogWindow, fused
+from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, PlainCNN
+
+from ..helpers import FAST, run, synthetic_data, tiny_module, trainer, user_error
+
+STRATEGIES = {
+    "dt": lambda: NoPropDT(num_blocks=3, width=16),
+    "backprop": lambda: Backprop(num_blocks=2, width=16),
+    "cnn": lambda: PlainCNN(width=16),
+}
+# 58 training images in batches of 16: every epoch ends with a smaller batch of 10.
+DATA = {"synthetic_size": 90, "val_size": 32}
+
+
+def _state(module, fit_trainer) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for i, optimizer in enumerate(fit_trainer.optimizers):
+        for j, values in optimizer.state_dict()["state"].items():
+            for name, value in values.items():
+                state[f"optimizer{i}.{j}.{name}"] = torch.as_tensor(value).detach().clone()
+    return state
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_captured_training_equals_eager_through_a_smaller_batch_and_a_resume(name, tmp_path):
+    """Two epochs eager against one captured epoch, a checkpoint, and a captured resume for the second: parameters,
+    BatchNorm buffers and optimizer states agree, with dropout on (float64, so that AdamW's division by sqrt(v)
+    does not amplify float32 rounding of near-zero gradients into visible steps)."""
+    eager = tiny_module(strategy=STRATEGIES[name]())
+    eager_trainer = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
+    eager_trainer.fit(eager, synthetic_data(**DATA))
+    expected = _state(eager, eager_trainer)
+
+    captured = tiny_module(strategy=STRATEGIES[name](), capture_step=True)
+    first = trainer(max_epochs=1, limit_val_batches=0, precision="64-true")
+    first.fit(captured, synthetic_data(**DATA))
+    assert all(o.defaults["fused"] for o in first.optimizers), "capture_step steps with torch's fused kernels"
+    first.save_checkpoint(tmp_path / "epoch0.ckpt")
+    resumed = tiny_module(strategy=STRATEGIES[name](), capture_step=True)
+    second = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
+    second.fit(resumed, synthetic_data(**DATA), ckpt_path=tmp_path / "epoch0.ckpt")
+    assert second.global_step == eager_trainer.global_step == 8 * eager.num_optimizers
+    got = _state(resumed, second)
+    assert got.keys() == expected.keys()
+    initial = tiny_module(strategy=STRATEGIES[name]()).state_dict()
+    assert any(not torch.equal(initial[k].double(), v.double()) for k, v in expected.items() if k in initial)
+    # Every value agrees to 1e-9 but the biases in front of a BatchNorm (and the running means they feed): their
+    # gradient is zero up to rounding (~1e-17), which AdamW normalises into steps of up to ~2e-8 over 8 batches,
+    # against the 1e-3 a real update moves.
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key].double(), value.double(), rtol=0, atol=1e-7, msg=key)
+
+
+def test_captured_bf16_mixed_follows_eager():
+    """Under bf16-mixed the compiled graph rounds at other points than eager autocast does, so the runs are compared
+    to bf16's tolerance: the loss of every batch, and the update of the weights over 3 steps."""
+    results = {}
+    for capture in (False, True):
+        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0), capture_step=capture)
+        losses = []
+        module.on_train_batch_end = lambda outputs, batch, batch_idx: losses.append(
+            float(trainer_.callback_metrics["train/loss_step"]))
+        trainer_ = trainer(limit_train_batches=3, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1)
+        trainer_.fit(module, synthetic_data())
+        results[capture] = losses, {k: v.float() for k, v in module.state_dict().items()}
+    assert len(results[True][0]) == 3
+    torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=2e-2, atol=0)
+    initial = {k: v.float() for k, v in tiny_module(strategy=NoPropDT(num_blocks=3, width=16)).state_dict().items()}
+    # AdamW turns bf16 rounding of near-zero gradients into full steps here and there, so elementwise equality is
+    # not expected: the two runs' updates of all weights point the same way (cosine), and are as large.
+    keys = [k for k in initial if initial[k].is_floating_point() and "running" not in k]
+    moves = {c: torch.cat([(results[c][1][k] - initial[k]).flatten() for k in keys]) for c in (False, True)}
+    assert moves[False].abs().max() > 1e-3, "nothing was trained"
+    cosine = torch.nn.functional.cosine_similarity(moves[True], moves[False], dim=0)
+    assert cosine > 0.9, cosine
+    assert moves[True].norm() / moves[False].norm() == pytest.approx(1.0, rel=0.1)
+
+
+def test_the_log_window_logs_sample_weighted_means_and_finds_a_non_finite_loss():
+    window = LogWindow()
+    window.add({0: {"loss": torch.tensor(1.0)}, 1: {"loss": torch.tensor(2.0)}}, batch_size=16)
+    window.add({0: {"loss": torch.tensor(4.0)}, 1: {"loss": torch.tensor(float("nan"))}}, batch_size=8)
+    means, samples = window.flush()
+    assert samples == 24 and window.total is None
+    assert means[0]["loss"].item() == pytest.approx((16 * 1.0 + 8 * 4.0) / 24)
+    assert torch.isnan(means[1]["loss"])
+
+
+def test_a_captured_run_stops_on_a_non_finite_loss_with_the_blocks_named():
+    module = tiny_module(strategy=PlainCNN(width=16), capture_step=True,
+                         optimizer=lambda p: torch.optim.SGD(p, lr=1e30))  # fmt: skip
+    with pytest.raises(Exception, match=r"Non-finite loss for block\(s\) \[0\] in batches"):
+        trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=2).fit(module, synthetic_data())
+
+
+def test_fused_keeps_the_hyperparameters():
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = fused(torch.optim.AdamW([param], lr=0.01, betas=(0.8, 0.9), weight_decay=0.5))
+    assert optimizer.defaults["fused"] and optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+    assert optimizer.param_groups[0]["lr"] == 0.01 and optimizer.param_groups[0]["weight_decay"] == 0.5
+    assert fused(torch.optim.RMSprop([param])).defaults.get("fused") is None  # no fused kernel: unchanged
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"strategy": NoPropCT(width=16, inference_steps=3)}, "does not support NoPropCT"),
+        ({"strategy": NoPropDT(num_blocks=2, width=8, block_execution="vmap")}, "block_execution loop"),
+        ({"compile_blocks": True}, "drop model.compile_blocks"),
+        ({"nonfinite_loss": "skip"}, "nonfinite_loss error"),
+    ],
+)
+def test_what_capture_cannot_run_is_refused(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        tiny_module(capture_step=True, **options)
+
+
+def test_capture_step_through_the_cli(tmp_path, capsys):
+    run("fit", "--config", "configs/noprop_dt.yaml", *FAST, "--model.capture_step", "true",
+        "--model.strategy.init_args.num_blocks", "2", "--model.strategy.init_args.width", "16",
+        "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+    assert list(tmp_path.rglob("last.ckpt")), "the captured run wrote its checkpoint"
+    err = user_error(capsys, "fit", "--config", "configs/noprop_ct.yaml", *FAST, "--model.capture_step", "true",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+    assert "capture_step does not support NoPropCT" in err
