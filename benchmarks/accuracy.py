@@ -51,6 +51,9 @@ ROWS = {
     for method, config in (("backprop", "backprop"), ("dt", "noprop_dt"), ("ct", "noprop_ct"), ("fm", "noprop_fm"))
     for name, overrides in EMBEDDINGS.items()
 }
+# Not a row of Table 1: NoProp-DT's image encoder and a linear classifier trained by backprop with the same recipe, to
+# judge whether the DT-matched backprop chain is a fair baseline.
+ROWS["plain-cnn"] = ("configs/plain_cnn.yaml", [])
 CONTINUOUS = {row for row in ROWS if row.startswith(("ct-", "fm-"))}
 
 

@@ -6,11 +6,14 @@
 # Needs the requirements installed (on a lent machine without jsonargparse: its wheels, as the developers' guide
 # says). PYTHON picks the interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
-# 1. the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
+# GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled" in a second call) picks what runs:
+# 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
+# capture: capture_step's equality tests, throughput eager against captured (backprop, NoProp-DT), and
+#    step_overhead.py's host cost of a batch on the GPU (its last line: captured/eager: R);
 # 2. throughput.py, MNIST-shaped synthetic data, bf16-mixed, in three groups, the most wanted first:
-#    a. backprop against NoProp-DT (loop joint/per_block, vmap), and the same with fused AdamW;
-#    b. channels_last on backprop and DT; CT/FM with and without the CUDA-graph sampler at the configs' eval batch;
-#    c. compile_blocks on backprop and DT.
+# fused: backprop against NoProp-DT (loop joint/per_block, vmap), and the same with fused AdamW;
+# layout: channels_last on backprop and DT; CT/FM with and without the CUDA-graph sampler at the configs' eval batch;
+# compiled: compile_blocks on backprop and DT.
 # throughput.py writes each case's line to OUT_DIR/throughput.jsonl as soon as it is measured, so a group cut by
 # its time limit keeps what it measured. Record the tables in RESULTS.md.
 #
@@ -27,14 +30,22 @@ out=$(realpath "$out")
 py=${PYTHON:-python3}
 cd "$(dirname "$0")/.." || exit 1
 
-timeout 90 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
-
+groups=" ${GROUPS:-capture fused} "  # a second call can take the rest: GROUPS="layout compiled"
+has() { [[ $groups == *" $1 "* ]]; }
 tp() {  # each group gets its own time limit; its rows are on disk as they are measured
     timeout "$1" "$py" benchmarks/throughput.py --batches "${BATCHES:-30}" --warmup "${WARMUP:-10}" --inference-batch 1000 \
         --out "$out/throughput.jsonl" --cases "${@:2}" 2>&1 | grep --line-buffered -E '^\||^round|synthetic|Error|failed' | tee -a "$out/throughput.txt"
 }
-tp 200 backprop "noprop_dt joint" "noprop_dt per_block" "noprop_dt vmap" "backprop fused" "noprop_dt joint fused" \
-    "noprop_dt vmap fused"
-tp 180 backprop "backprop channels_last" "noprop_dt joint channels_last" "noprop_dt per_block channels_last" \
+timeout 60 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+if has capture; then  # issue 15: capture_step's tests, eager against captured, the host cost on a compute-free model
+    timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/execution/test_capture.py 2>&1 | tail -5 | tee -a "$out/gpu_tests.txt"
+    tp 150 backprop "backprop captured" "noprop_dt joint" "noprop_dt joint captured"
+    timeout 60 "$py" benchmarks/step_overhead.py --rounds 1 --batches 60 --accelerator "${ACCELERATOR:-gpu}" \
+        --out "$out/step_overhead.jsonl" 2>&1 | tail -7 | tee "$out/step_overhead.txt"
+fi
+has fused && tp 150 backprop "noprop_dt joint" "noprop_dt per_block" "noprop_dt vmap" "backprop fused" \
+    "noprop_dt joint fused" "noprop_dt vmap fused"
+has layout && tp 180 backprop "backprop channels_last" "noprop_dt joint channels_last" "noprop_dt per_block channels_last" \
     noprop_ct noprop_fm "noprop_ct eager sampler" "noprop_fm eager sampler"
-tp 130 backprop "backprop compiled" "noprop_dt joint compiled"
+has compiled && tp 130 backprop "backprop compiled" "noprop_dt joint compiled"
+exit 0

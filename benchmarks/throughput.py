@@ -55,6 +55,16 @@ CASES = {
     "backprop fused": ("Backprop", {}, {}, "backprop"),
     "noprop_dt joint fused": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
     "noprop_dt vmap fused": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
+    # capture_step (lightning_noprop/execution/capture.py): compiled per-block losses, fused optimizer steps, losses
+    # logged from the device every log_every_n_steps batches.
+    "backprop captured": ("Backprop", {}, {"capture_step": True}, "backprop"),
+    "noprop_dt joint captured": ("NoPropDT", {}, {"backward_mode": "joint", "capture_step": True}, "backprop"),
+    # CPU precision: a case named "... bf16-mixed" runs at that precision whatever --precision says.
+    # Their ratio column is against float32 NoProp-DT ("noprop_dt joint"), not backprop.
+    "noprop_dt joint bf16-mixed": ("NoPropDT", {}, {"backward_mode": "joint"}, "noprop_dt joint"),
+    "noprop_dt joint channels_last bf16-mixed": ("NoPropDT", {}, {"backward_mode": "joint", "channels_last": True},
+                                                 "noprop_dt joint"),  # fmt: skip
+    "backprop bf16-mixed": ("Backprop", {}, {}, "backprop"),
     "noprop_ct eager sampler": ("NoPropCT", {"cuda_graph": False}, {}, "backprop"),
     "noprop_fm eager sampler": ("NoPropFM", {"cuda_graph": False}, {}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
@@ -123,6 +133,7 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
                                  optimizer=optimizer,
                                  train_accuracy_every_n_steps=0, **module_kwargs)  # fmt: skip
     timer = Timer()
+    precision = "bf16-mixed" if name.endswith(" bf16-mixed") else precision
     trainer = Trainer(max_epochs=1, precision=precision or default_precision(), limit_train_batches=batches + warmup, limit_val_batches=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[timer])  # fmt: skip

@@ -1,0 +1,121 @@
+"""The host cost of one training batch through the module on a compute-free model, eager against capture_step.
+
+    python benchmarks/step_overhead.py                        # NoProp-DT T = 10, 1x4x4 images, batch 16, 1 thread
+    python benchmarks/step_overhead.py --rounds 4 --batches 120 --out benchmarks/results/step_overhead.jsonl
+
+A model this small does almost no arithmetic, so what a batch costs is the host's work: dispatching every operator
+of ten blocks' forward and backward, eleven optimizer steps and Lightning's logging. Each case runs in its own
+process through Trainer.fit with LocalLearningModule (block width 8, one CPU thread, no validation) and is timed
+per batch between on_train_batch_start and on_train_batch_end; the first ``--warmup`` batches (the compilation) are
+left out and the median of the rest is reported. Rounds alternate the order of the cases; the ratio is taken within
+each round. The last line is ``captured/eager: R`` (the median of the rounds' ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from provenance import commit, hardware  # noqa: E402
+
+CASES = {  # name: (strategy, module options)
+    "NoProp-DT eager": ("NoPropDT", {}),
+    "NoProp-DT captured": ("NoPropDT", {"capture_step": True}),
+    "backprop eager": ("Backprop", {}),
+    "backprop captured": ("Backprop", {"capture_step": True}),
+}
+
+
+def run_case(name: str, batches: int, warmup: int, accelerator: str = "cpu") -> dict:
+    import torch
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_noprop import strategies
+    from lightning_noprop.module import LocalLearningModule
+
+    torch.set_num_threads(1)
+    seed_everything(0, verbose=False)
+    strategy_name, options = CASES[name]
+    strategy = getattr(strategies, strategy_name)(num_blocks=10, width=8)
+    module = LocalLearningModule(strategy, num_classes=10, image_shape=(1, 4, 4), **options)
+    data = TensorDataset(torch.randn(16 * (batches + warmup), 1, 4, 4), torch.arange(16 * (batches + warmup)) % 10)
+
+    class Timer(Callback):
+        times: list[float] = []
+
+        def on_train_batch_start(self, *args) -> None:
+            sync()
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            sync()
+            self.times.append(time.perf_counter() - self.start)
+
+    def sync() -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    timer = Timer()
+    Trainer(max_epochs=1, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[timer]).fit(module, DataLoader(data, batch_size=16))  # fmt: skip
+    return {"case": name, "ms_per_batch": 1e3 * statistics.median(timer.times[warmup:]),
+            "first_batch_s": timer.times[0], "batches": len(timer.times) - warmup}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--batches", type=int, default=100, help="timed batches per case")
+    parser.add_argument("--warmup", type=int, default=10, help="batches left out (the first pays the compilation)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", help="Trainer accelerator (gpu: the host cost with CUDA)")
+    parser.add_argument("--out", type=Path, help="append each measurement to this JSON-lines file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(args.child, args.batches, args.warmup, args.accelerator)))
+        return
+    print(f"{hardware()}; commit {commit()}; {time.strftime('%Y-%m-%d')}; accelerator {args.accelerator}; 1 CPU thread, "
+          "batch 16, 1x4x4, T = 10, width 8")
+    rounds: list[dict[str, dict]] = []
+    for r in range(args.rounds):
+        order = args.cases if r % 2 == 0 else args.cases[::-1]
+        results = {}
+        for name in order:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--batches", str(args.batches),
+                                  "--warmup", str(args.warmup), "--accelerator", args.accelerator],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            results[name] = {**json.loads(out.stdout.strip().splitlines()[-1]), "round": r}
+            print(f"round {r}: {name}: {results[name]['ms_per_batch']:.2f} ms/batch "
+                  f"(first batch {results[name]['first_batch_s']:.1f} s)", flush=True)  # fmt: skip
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps({**results[name], "commit": commit(), "date": time.strftime("%Y-%m-%d")}) + "\n")
+        rounds.append(results)
+    print("\n| case | ms per batch (median over rounds) | first batch s | captured/eager (range over rounds) |")
+    print("|---|---|---|---|")
+    ratios: dict[str, list[float]] = {}
+    for name in args.cases:
+        ms = statistics.median(r[name]["ms_per_batch"] for r in rounds)
+        first = statistics.median(r[name]["first_batch_s"] for r in rounds)
+        eager = name.replace("captured", "eager")
+        cell = ""
+        if "captured" in name and eager in args.cases:
+            ratios[name] = [r[name]["ms_per_batch"] / r[eager]["ms_per_batch"] for r in rounds]
+            cell = f"{statistics.median(ratios[name]):.2f} ({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
+        print(f"| {name} | {ms:.2f} | {first:.1f} | {cell} |")
+    if "NoProp-DT captured" in ratios:
+        print(f"captured/eager: {statistics.median(ratios['NoProp-DT captured']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
