@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import commit, hardware  # noqa: E402
+from provenance import commit, hardware
 
 CASES = {  # name: (strategy, module options)
     "NoProp-DT eager": ("NoPropDT", {}),
@@ -50,7 +50,8 @@ def run_case(name: str, batches: int, warmup: int, accelerator: str = "cpu") -> 
     data = TensorDataset(torch.randn(16 * (batches + warmup), 1, 4, 4), torch.arange(16 * (batches + warmup)) % 10)
 
     class Timer(Callback):
-        times: list[float] = []
+        def __init__(self) -> None:
+            self.times: list[float] = []
 
         def on_train_batch_start(self, *args) -> None:
             sync()

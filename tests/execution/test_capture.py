@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.capture import LogWindow, fused
@@ -59,18 +60,26 @@ def test_captured_training_equals_eager_through_a_smaller_batch_and_a_resume(nam
         torch.testing.assert_close(got[key].double(), value.double(), rtol=0, atol=1e-7, msg=key)
 
 
+class LossesLogged(Callback):
+    """The train/loss logged at each batch (with log_every_n_steps 1, a captured run logs every batch too)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.values.append(float(trainer.callback_metrics["train/loss_step"]))
+
+
 def test_captured_bf16_mixed_follows_eager():
     """Under bf16-mixed the compiled graph rounds at other points than eager autocast does, so the runs are compared
     to bf16's tolerance: the loss of every batch, and the update of the weights over 3 steps."""
     results = {}
     for capture in (False, True):
         module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0), capture_step=capture)
-        losses = []
-        module.on_train_batch_end = lambda outputs, batch, batch_idx: losses.append(
-            float(trainer_.callback_metrics["train/loss_step"]))
-        trainer_ = trainer(limit_train_batches=3, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1)
-        trainer_.fit(module, synthetic_data())
-        results[capture] = losses, {k: v.float() for k, v in module.state_dict().items()}
+        losses = LossesLogged()
+        trainer(limit_train_batches=3, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1,
+                callbacks=[losses]).fit(module, synthetic_data())  # fmt: skip
+        results[capture] = losses.values, {k: v.float() for k, v in module.state_dict().items()}
     assert len(results[True][0]) == 3
     torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=2e-2, atol=0)
     initial = {k: v.float() for k, v in tiny_module(strategy=NoPropDT(num_blocks=3, width=16)).state_dict().items()}

@@ -13,7 +13,7 @@ def test_the_encoder_is_the_dt_blocks_and_the_classifier_linear():
     cnn.build(10, (1, 28, 28))
     dt.build(10, (1, 28, 28))
     assert isinstance(cnn.encoder, ConvEncoder)
-    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
+    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]
     assert shapes(cnn.encoder) == shapes(dt.blocks[0].image_encoder)
     assert isinstance(cnn.classifier, nn.Linear) and (cnn.classifier.in_features, cnn.classifier.out_features) == (32, 10)
 
