@@ -148,7 +148,7 @@ def run(row: str, seed: int, args: argparse.Namespace) -> dict:
     if row in CONTINUOUS:
         steps = sorted({1, 10, 100, strategy.inference_steps})
     else:
-        steps = list(range(1, strategy.num_blocks + 1))
+        steps = list(range(1, getattr(strategy, "num_blocks", 1) + 1))  # PlainCNN: one network, one point
     return {"row": row, "seed": seed, "epochs": len(curve.points), "test_acc": tests, "curve": curve.points,
             "anytime": anytime(cli.model, cli.datamodule, steps), "config": config,
             "overrides": overrides + extra + args.extra, "precision": str(cli.trainer.precision)}  # fmt: skip
