@@ -68,12 +68,12 @@ def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
 def fused(optimizer: Optimizer) -> Optimizer:
     """``optimizer`` with torch's fused kernel where its class has one (Adam, AdamW, SGD, ...), else unchanged."""
     cls = type(optimizer)
-    if "fused" not in inspect.signature(cls.__init__).parameters or optimizer.defaults.get("fused"):
+    accepted = inspect.signature(cls.__init__).parameters
+    if "fused" not in accepted or optimizer.defaults.get("fused"):
         return optimizer
     devices = _get_fused_kernels_supported_devices()
     if any(p.device.type not in devices for g in optimizer.param_groups for p in g["params"]):
         return optimizer
-    accepted = inspect.signature(cls.__init__).parameters
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     defaults.update(fused=True, foreach=None)
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]

@@ -146,7 +146,7 @@ class BatchTrainer:
         rank, world = parallel.global_rank, parallel.world_size
         blocks = parallel.owned(list(range(self.module.strategy.num_local_losses)))
         epoch_start = self.batches_trained - batch_idx
-        todo = [batch_idx - rank] + (list(range(batch_idx - rank + 1, batch_idx + 1)) if self.is_last_batch(batch_idx) else [])
+        todo = [batch_idx - rank] + (list(range(batch_idx - rank + 1, batch_idx + 1)) if self._last_batch(batch_idx) else [])
         summary: Summary = {}
         for index in (i for i in todo if i >= 0):
             h, labels = (x, y) if rank == 0 else parallel.receive(rank - 1)
@@ -156,11 +156,11 @@ class BatchTrainer:
                 message = [trained[-1].output, labels]  # kept alive until the sends complete
                 self._pending_sends = [*parallel.send(message, rank + 1), *message]
             summary.update(summarize(trained, labels))
-        if self.is_last_batch(batch_idx):
+        if self._last_batch(batch_idx):
             self._wait_for_sends()
         return summary
 
-    def is_last_batch(self, batch_idx: int) -> bool:
+    def _last_batch(self, batch_idx: int) -> bool:
         """True when fit trains no further batch of this epoch after ``batch_idx`` (the epoch's end or max_steps)."""
         trainer = self.module.trainer
         max_steps = trainer.max_steps

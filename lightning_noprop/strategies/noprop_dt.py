@@ -141,7 +141,12 @@ class NoPropDT(EmbeddingStrategy):
 
     def denoise(self, block: int, x: Tensor, z: Tensor, embedding: Tensor) -> Tensor:
         """u_hat_t(z, x) = softmax(logits_t) @ W_Embed for code index ``block`` = t - 1. Returns (B, d)."""
-        return mix_embeddings(self.blocks[block](x, z).softmax(dim=-1), embedding)
+        return self.denoise_with(self.blocks[block], x, z, embedding)
+
+    @staticmethod
+    def denoise_with(net: nn.Module, x: Tensor, z: Tensor, embedding: Tensor) -> Tensor:
+        """u_hat(z, x) = softmax(net(x, z)) @ W_Embed for a block ``net``. Returns (B, d)."""
+        return mix_embeddings(net(x, z).softmax(dim=-1), embedding)
 
     @property
     def requires_joint_backward(self) -> bool:
@@ -225,7 +230,7 @@ class NoPropDT(EmbeddingStrategy):
         alpha_bar(T), weight = (T / 2) eta (SNR(t) - SNR(t - 1)), kl the batch-mean KL term (all 0-d).
         Returns (L_t, detached CE, detached denoising term)."""
         z_prev = sample_q(u, alpha_prev)  # z_{t-1}: Eq. 8 conditions block t on z_{t-1}, not z_t
-        denoise = weight * (mix_embeddings(net(x, z_prev).softmax(dim=-1), embedding) - u).pow(2).sum(-1).mean()
+        denoise = weight * (self.denoise_with(net, x, z_prev, embedding) - u).pow(2).sum(-1).mean()
         ce = F.cross_entropy(self.head(sample_q(u, alpha_last), embedding), y)
         return ce + kl + denoise, ce.detach(), denoise.detach()
 
