@@ -13,8 +13,16 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-# A captured graph, the static inputs it reads and the static output it writes.
-Captured = tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor]
+# What a captured function returns: a tensor, or a tuple of tensors (None where it has none, as Prediction.z).
+Outputs = Tensor | tuple[Tensor | None, ...]
+# A captured graph, the static inputs it reads and the static outputs it writes.
+Captured = tuple[torch.cuda.CUDAGraph, list[Tensor], Outputs]
+
+
+def _clone(outputs: Outputs) -> Outputs:
+    if isinstance(outputs, Tensor):
+        return outputs.clone()
+    return tuple(None if t is None else t.clone() for t in outputs)
 
 
 class GraphCache:
@@ -24,8 +32,8 @@ class GraphCache:
     adds the input signature, the autocast and inference-mode states and the parameters' addresses, so a
     graph is never replayed on moved or re-allocated parameters. Parameters updated in place (an optimizer step,
     ``load_state_dict``) are read at replay time, so the graph stays valid through training. Random draws in
-    ``fn`` come from the default CUDA generator, which advances on every replay. The output is cloned, so it
-    survives the next replay. If a capture fails (an operation that cannot be captured), that signature runs
+    ``fn`` come from the default CUDA generator, which advances on every replay. The output (a tensor, or a tuple of
+    tensors and Nones) is cloned, so it survives the next replay. If a capture fails (an operation that cannot be captured), that signature runs
     eagerly from then on, with one warning naming the error.
     """
 
@@ -51,8 +59,8 @@ class GraphCache:
             and not torch.cuda.is_current_stream_capturing()
         )
 
-    def replay(self, fn: Callable[..., Tensor], key: Hashable, inputs: Sequence[Tensor], owner: nn.Module) -> Tensor:
-        """``fn(*inputs)`` (a tensor), through the graph cached for ``key`` (captured now if new)."""
+    def replay(self, fn: Callable[..., Outputs], key: Hashable, inputs: Sequence[Tensor], owner: nn.Module) -> Outputs:
+        """``fn(*inputs)`` (a tensor or a tuple of them), through the graph cached for ``key`` (captured now if new)."""
         signature = (
             key,
             tuple((tuple(t.shape), t.dtype, t.device) for t in inputs),
@@ -72,10 +80,10 @@ class GraphCache:
         for static, new in zip(static_inputs, inputs):
             static.copy_(new)
         graph.replay()
-        return static_output.clone()
+        return _clone(static_output)
 
     @staticmethod
-    def _capture(fn: Callable[..., Tensor], inputs: Sequence[Tensor]) -> Captured | None:
+    def _capture(fn: Callable[..., Outputs], inputs: Sequence[Tensor]) -> Captured | None:
         """The graph of ``fn`` on static copies of ``inputs``, those copies and its output; None if capture fails."""
         static_inputs = [t.clone() for t in inputs]
         # Warm up on a side stream (lazy cuBLAS/cuDNN initialisation must not happen during capture), then rewind

@@ -20,6 +20,7 @@ from lightning_noprop.checkpointing import (
     rng_states,
     set_rng_states,
 )
+from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow, check_capture_supported, compile_units, fused
@@ -70,7 +71,9 @@ class LocalLearningModule(LightningModule):
         capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
             blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
             batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
-            (loop), Backprop and PlainCNN. The first batches pay the compilation (lightning_noprop/execution/capture.py).
+            (loop), Backprop and PlainCNN. On a GPU, inference (validation, test, predict, train/acc) also replays the
+            strategy's whole prediction as one CUDA graph per batch shape and step count, as NoProp-CT/FM's sampler
+            does. The first batches pay the compilation (lightning_noprop/execution/capture.py).
     """
 
     #: Options that change how the module runs, logs or evaluates, not what it learns: a checkpoint may be evaluated
@@ -146,6 +149,7 @@ class LocalLearningModule(LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self._rng_before_validation: dict[str, Any] | None = None
+        self._inference_graphs = GraphCache()  # capture_step on a GPU: the predictions' CUDA graphs
         self.batch_trainer = BatchTrainer(self, run_seed=torch.initial_seed())
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -272,7 +276,7 @@ class LocalLearningModule(LightningModule):
         self.strategy.eval()
         try:
             with torch.no_grad():
-                return self.strategy.predict(x, self.hparams.validation_inference_steps)
+                return self.predict_batch(x, self.hparams.validation_inference_steps)
         finally:
             self.strategy.train()
 
@@ -295,14 +299,28 @@ class LocalLearningModule(LightningModule):
         self._evaluate("test", self.test_accuracy, batch)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Prediction:
-        return self.strategy.predict(self._images(batch[0]))
+        return self.predict_batch(self._images(batch[0]))
 
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
         x, y = self._images(batch[0]), batch[1]
         results = self.strategy.local_losses(x, y, range(self.strategy.num_local_losses))
         self._log_summary(stage, summarize(results, y))
         steps = self.hparams.validation_inference_steps if stage == "val" else None
-        self._log_accuracy(stage, metric, self.strategy.predict(x, steps), y)
+        self._log_accuracy(stage, metric, self.predict_batch(x, steps), y)
+
+    def predict_batch(self, x: Tensor, num_steps: int | None = None) -> Prediction:
+        """``strategy.predict(x, num_steps)`` without gradients; under capture_step on a GPU replayed from one CUDA
+        graph per batch shape, step count and mode (``GraphCache``: the same computation and draws as eager)."""
+        if not (self.hparams.capture_step and GraphCache.usable(x)):
+            return self.strategy.predict(x, num_steps)
+
+        def predict(images: Tensor) -> tuple[Tensor, Tensor | None]:
+            prediction = self.strategy.predict(images, num_steps)
+            return prediction.logits, prediction.z
+
+        key = ("predict", num_steps, self.strategy.training)
+        logits, z = self._inference_graphs.replay(predict, key, [x], owner=self.strategy)
+        return Prediction(logits=logits, z=z)
 
     def _log_summary(self, stage: str, summary: Summary, batch_size: int | None = None) -> None:
         if not summary:

@@ -12,7 +12,8 @@ optimizer step is dispatched from Python, and Lightning logs some 40 values a ba
 - keeps the losses on the device and logs their means every ``trainer.log_every_n_steps`` batches (``LogWindow``),
   where the non-finite-loss check runs too: no host read per batch.
 
-On a GPU the same compiled step runs (a CUDA graph of the whole step is the next stage, not built yet).
+On a GPU the same compiled step runs (a CUDA graph of the whole step is the next stage, not built yet), and the
+module replays inference from one CUDA graph of the strategy's prediction (``LocalLearningModule.predict_batch``).
 """
 
 from __future__ import annotations

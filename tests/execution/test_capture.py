@@ -141,3 +141,64 @@ def test_capture_step_through_the_cli(tmp_path, capsys):
     err = user_error(capsys, "fit", "--config", "configs/noprop_ct.yaml", *FAST, "--model.capture_step", "true",
                      "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
     assert "capture_step does not support NoPropCT" in err
+
+
+def _seeded_prediction(module, x, steps, seed, eager=False):
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed(seed)
+    with torch.no_grad():
+        return module.strategy.predict(x, steps) if eager else module.predict_batch(x, steps)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_captured_inference_is_the_eager_prediction_on_cpu(name):
+    """On CPU capture_step's inference runs the strategy's own predict: the same draws give the same prediction."""
+    module = tiny_module(strategy=STRATEGIES[name](), capture_step=True).eval()
+    x = torch.randn(6, 1, 28, 28)
+    got, expected = _seeded_prediction(module, x, None, 3), _seeded_prediction(module, x, None, 3, eager=True)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=0)
+    torch.testing.assert_close(got.z, expected.z, rtol=0, atol=0)
+    assert len(module._inference_graphs) == 0
+
+
+def test_the_graph_cache_clones_every_tensor_of_a_tuple():
+    from lightning_noprop.cuda_graphs import _clone
+
+    a, b = torch.ones(2), torch.zeros(3)
+    outputs = _clone((a, None, b))
+    assert outputs[1] is None and torch.equal(outputs[0], a) and torch.equal(outputs[2], b)
+    assert outputs[0].data_ptr() != a.data_ptr() and outputs[2].data_ptr() != b.data_ptr()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_captured_inference_replays_the_eager_prediction_on_gpu(name):
+    """capture_step's CUDA graph of the whole prediction (NoProp-DT's chain of Eq. 3, backprop's chain) computes what
+    the eager predict does with the same seed; new inputs are copied in, an in-place parameter update is seen, a
+    new batch size or step count gets its own graph, and every replay draws fresh noise."""
+    module = tiny_module(strategy=STRATEGIES[name](), capture_step=True).cuda().eval()
+    x = torch.randn(8, 1, 28, 28, device="cuda")
+    for seed in (0, 1):  # the first call captures, the second replays
+        got, expected = _seeded_prediction(module, x, None, seed), _seeded_prediction(module, x, None, seed, eager=True)
+        torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.z, expected.z, rtol=1e-4, atol=1e-4)
+    other = torch.randn_like(x)
+    torch.testing.assert_close(_seeded_prediction(module, other, None, 2).logits,
+                               _seeded_prediction(module, other, None, 2, eager=True).logits, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for p in module.strategy.parameters():
+            p.mul_(1.1)
+    torch.testing.assert_close(_seeded_prediction(module, x, None, 4).logits,
+                               _seeded_prediction(module, x, None, 4, eager=True).logits, rtol=1e-4, atol=1e-4)
+    assert len(module._inference_graphs) == 1
+    _seeded_prediction(module, x[:5], None, 5)
+    _seeded_prediction(module, x, 1, 5)  # the anytime prediction after one block
+    assert len(module._inference_graphs) == 3
+    assert None not in module._inference_graphs._graphs.values(), "a capture failed (see its warning)"
+    if name == "dt":  # Eq. 3 draws z_0 and each step's noise: a replay must draw afresh
+        with torch.no_grad():
+            assert not torch.equal(module.predict_batch(x).z, module.predict_batch(x).z)
+    with torch.inference_mode():  # how Lightning validates and tests
+        assert module.predict_batch(x).logits.shape == (8, 10)
