@@ -20,10 +20,10 @@ from lightning_noprop.checkpointing import (
     rng_states,
     set_rng_states,
 )
-from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
-from lightning_noprop.execution.capture import LogWindow, check_capture_supported, compile_units, fused
+from lightning_noprop.execution.capture import LogWindow
+from lightning_noprop.execution.executor import Executor
 from lightning_noprop.execution.training import BatchTrainer, Summary, summarize
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
@@ -112,12 +112,12 @@ class LocalLearningModule(LightningModule):
         under_cli = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=None if under_cli else ["strategy", "optimizer", "lr_scheduler"])
         self.automatic_optimization = False
-        for name, value in {"backward_mode": (backward_mode, ("joint", "per_block")),
-                            "block_order": (block_order, ("every_batch", "sequential")),
+        for name, value in {"block_order": (block_order, ("every_batch", "sequential")),
                             "lr_scheduler_interval": (lr_scheduler_interval, ("epoch", "step")),
                             "nonfinite_loss": (nonfinite_loss, ("error", "skip"))}.items():  # fmt: skip
             if value[0] not in value[1]:
                 raise ConfigurationError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
+        self.executor = Executor(backward_mode, channels_last, compile_blocks, compile_options, capture_step)
         if validation_inference_steps is not None and validation_inference_steps < 1:
             raise ConfigurationError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
@@ -129,18 +129,7 @@ class LocalLearningModule(LightningModule):
                 f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
                 f"got {backward_mode!r} and {block_order!r}."
             )
-        if compile_options and not (compile_blocks or capture_step):
-            raise ConfigurationError("compile_options only apply with compile_blocks or capture_step true; set one or drop "
-                                     "compile_options.")  # fmt: skip
-        if capture_step:
-            check_capture_supported(strategy, compile_blocks, nonfinite_loss)
-        if channels_last:
-            strategy.to(memory_format=torch.channels_last)
-        if compile_blocks:
-            for block in strategy.block_modules():
-                block.compile(**(compile_options or {}))
-        if capture_step:
-            compile_units(strategy, compile_options)
+        self.executor.prepare(strategy, nonfinite_loss)
         self.log_window = LogWindow()
         self.strategy = strategy
         self.optimizer_factory = optimizer
@@ -149,7 +138,6 @@ class LocalLearningModule(LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self._rng_before_validation: dict[str, Any] | None = None
-        self._inference_graphs = GraphCache()  # capture_step on a GPU: the predictions' CUDA graphs
         self.batch_trainer = BatchTrainer(self, run_seed=torch.initial_seed())
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -165,10 +153,10 @@ class LocalLearningModule(LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        check_trainer_supports(self.trainer, self.hparams.backward_mode, self.hparams.block_order,
+        check_trainer_supports(self.trainer, self.executor.backward_mode, self.hparams.block_order,
                                self.strategy.num_local_losses)  # fmt: skip
         check_checkpoint_callbacks(self.trainer.callbacks)
-        if self.hparams.capture_step and self.block_parallel is not None:
+        if self.executor.capture_step and self.block_parallel is not None:
             raise ConfigurationError("capture_step is not supported with --trainer.strategy block_parallel yet; drop "
                                      "model.capture_step there.")  # fmt: skip
         sampler = self.trainer.distributed_sampler_kwargs or {}
@@ -194,8 +182,7 @@ class LocalLearningModule(LightningModule):
             optimizers = [self.optimizer_factory(group) for group in groups + ([shared] if shared else [])]
         except ValueError as error:
             raise ConfigurationError(f"model.optimizer: {error}; change it in model.optimizer.init_args.") from error
-        if self.hparams.capture_step:
-            optimizers = [fused(optimizer) for optimizer in optimizers]
+        optimizers = self.executor.optimizers(optimizers)
         if self.lr_scheduler_factory is None:
             return optimizers
         try:
@@ -228,9 +215,7 @@ class LocalLearningModule(LightningModule):
         # The data module normalises to float32 after the precision plugin has converted the batch; follow the
         # model's dtype (float64 under precision "64-true"; autocast handles the mixed precisions).
         images = images.to(self.dtype) if images.is_floating_point() else images
-        if self.hparams.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return self.executor.images(images)
 
     @property
     def block_parallel(self) -> BlockParallelStrategy | None:
@@ -244,7 +229,7 @@ class LocalLearningModule(LightningModule):
         if self.hparams.lr_scheduler_interval == "step":
             for scheduler in self._schedulers():
                 scheduler.step()
-        if self.hparams.capture_step:
+        if self.executor.capture_step:
             self._log_window(summary, x.shape[0], batch_idx)
         else:
             self._log_summary("train", summary)
@@ -309,18 +294,8 @@ class LocalLearningModule(LightningModule):
         self._log_accuracy(stage, metric, self.predict_batch(x, steps), y)
 
     def predict_batch(self, x: Tensor, num_steps: int | None = None) -> Prediction:
-        """``strategy.predict(x, num_steps)`` without gradients; under capture_step on a GPU replayed from one CUDA
-        graph per batch shape, step count and mode (``GraphCache``: the same computation and draws as eager)."""
-        if not (self.hparams.capture_step and GraphCache.usable(x)):
-            return self.strategy.predict(x, num_steps)
-
-        def predict(images: Tensor) -> tuple[Tensor, Tensor | None]:
-            prediction = self.strategy.predict(images, num_steps)
-            return prediction.logits, prediction.z
-
-        key = ("predict", num_steps, self.strategy.training)
-        logits, z = self._inference_graphs.replay(predict, key, [x], owner=self.strategy)
-        return Prediction(logits=logits, z=z)
+        """``strategy.predict(x, num_steps)`` as the executor runs it (a CUDA graph under capture_step on a GPU)."""
+        return self.executor.predict(self.strategy, x, num_steps)
 
     def _log_summary(self, stage: str, summary: Summary, batch_size: int | None = None) -> None:
         if not summary:

@@ -97,11 +97,11 @@ class BatchTrainer:
         optimizers = module._optimizers()
         with self.streams.training_batch(batch):
             losses = strategy.local_losses(h, y, blocks) if first is None else strategy.chain_losses(h, y, first, blocks)
-            if module.hparams.backward_mode == "joint":
+            if module.executor.backward_mode == "joint":
                 results = list(losses)
                 # One device sync per batch; inspect the blocks one by one only when something is off. A captured step
                 # checks on the device every log_every_n_steps batches instead (LocalLearningModule._log_window).
-                all_finite = module.hparams.capture_step or bool(
+                all_finite = not module.executor.checks_every_batch or bool(
                     torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
                 finite = results if all_finite else [r for r in results if self._is_finite(r, defer_errors)]
                 for r in finite:
@@ -122,7 +122,7 @@ class BatchTrainer:
             return results
 
     def _is_finite(self, result: BlockLoss, defer_error: bool = False) -> bool:
-        if self.module.hparams.capture_step or bool(torch.isfinite(result.loss)):
+        if not self.module.executor.checks_every_batch or bool(torch.isfinite(result.loss)):
             return True
         if self.module.hparams.nonfinite_loss == "error":
             if defer_error:  # raised on every rank once the loss values are exchanged

@@ -159,7 +159,7 @@ def test_captured_inference_is_the_eager_prediction_on_cpu(name):
     got, expected = _seeded_prediction(module, x, None, 3), _seeded_prediction(module, x, None, 3, eager=True)
     torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=0)
     torch.testing.assert_close(got.z, expected.z, rtol=0, atol=0)
-    assert len(module._inference_graphs) == 0
+    assert len(module.executor._inference_graphs) == 0
 
 
 def test_the_graph_cache_clones_every_tensor_of_a_tuple():
@@ -192,11 +192,11 @@ def test_captured_inference_replays_the_eager_prediction_on_gpu(name):
             p.mul_(1.1)
     torch.testing.assert_close(_seeded_prediction(module, x, None, 4).logits,
                                _seeded_prediction(module, x, None, 4, eager=True).logits, rtol=1e-4, atol=1e-4)
-    assert len(module._inference_graphs) == 1
+    assert len(module.executor._inference_graphs) == 1
     _seeded_prediction(module, x[:5], None, 5)
     _seeded_prediction(module, x, 1, 5)  # the anytime prediction after one block
-    assert len(module._inference_graphs) == 3
-    assert None not in module._inference_graphs._graphs.values(), "a capture failed (see its warning)"
+    assert len(module.executor._inference_graphs) == 3
+    assert None not in module.executor._inference_graphs._graphs.values(), "a capture failed (see its warning)"
     if name == "dt":  # Eq. 3 draws z_0 and each step's noise: a replay must draw afresh
         with torch.no_grad():
             assert not torch.equal(module.predict_batch(x).z, module.predict_batch(x).z)
