@@ -12,7 +12,7 @@ from lightning_noprop.strategies import NoPropDT
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from step_overhead import conv_inputs, kernel_floor  # noqa: E402
+from step_overhead import conv_inputs, kernel_floor
 
 
 def _module() -> LocalLearningModule:
