@@ -33,8 +33,8 @@ class GraphCache:
     graph is never replayed on moved or re-allocated parameters. Parameters updated in place (an optimizer step,
     ``load_state_dict``) are read at replay time, so the graph stays valid through training. Random draws in
     ``fn`` come from the default CUDA generator, which advances on every replay. The output (a tensor, or a tuple of
-    tensors and Nones) is cloned, so it survives the next replay. If a capture fails (an operation that cannot be captured), that signature runs
-    eagerly from then on, with one warning naming the error.
+    tensors and Nones) is cloned, so it survives the next replay. If a capture fails (an operation that cannot be
+    captured), that signature runs eagerly from then on, with one warning naming the error.
     """
 
     def __init__(self) -> None:

@@ -33,7 +33,9 @@ class Executor:
 
     def __post_init__(self) -> None:
         if self.backward_mode not in ("joint", "per_block"):
-            raise ConfigurationError(f"backward_mode must be one of ('joint', 'per_block'), got {self.backward_mode!r}.")
+            raise ConfigurationError(
+                f"backward_mode must be one of ('joint', 'per_block'), got {self.backward_mode!r}."
+            )
         if self.compile_options and not (self.compile_blocks or self.capture_step):
             raise ConfigurationError("compile_options only apply with compile_blocks or capture_step true; set one or "
                                      "drop compile_options.")  # fmt: skip
