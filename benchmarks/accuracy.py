@@ -11,8 +11,10 @@ The rows are Table 1's: backprop, dt, ct and fm, each with the one-hot, dim20 an
 (``backprop`` is the one-hot backprop row, the others are named ``<method>-<embedding>``).
 
 Each row is a config of configs/ with overrides, trained through the same CLI as `python main.py fit` for each
-seed; the last epoch's weights are tested ``--inference-runs`` times with different noise (the paper: 3 seeds x 5
-inference runs). Prints a markdown table (mean +- standard error over all seed x run values), and writes to
+seed, at the CLI's precision (bf16-mixed with channels-last on a CPU with native bf16: pass --trainer.precision
+32-true --model.channels_last false through for float32); the last epoch's weights are tested ``--inference-runs``
+times with different noise (the paper: 3 seeds x 5 inference runs). Prints a markdown table (mean +- standard error
+over all seed x run values), and writes to
 ``--out-dir``: results.jsonl, accuracy_vs_epoch.png, accuracy_vs_time.png (validation accuracy) and anytime.png
 (test accuracy when inference stops after k blocks / uses k steps). Curves need matplotlib
 (benchmarks/requirements.txt). Each run appends its line to results.jsonl as it ends, so rows and seeds run by separate

@@ -3,7 +3,8 @@
     python benchmarks/epochs.py --config configs/noprop_ct.yaml --epochs 3 --data-root ../shared/datasets
 
 Runs the config through the same CLI as `python main.py fit` (its precision default: bf16-mixed on GPUs
-that support it), then tests the last-epoch weights on the full test split with the config's inference.
+that support it and on CPUs with native bf16), then tests the last-epoch weights on the full test split with the
+config's inference.
 Time per epoch is the median over epochs of the training loop alone (each epoch's validation pass is timed
 and subtracted; both are also reported); peak memory is
 torch.cuda.max_memory_allocated over fit and test on GPU, peak RSS on CPU. Extra CLI arguments after

@@ -6,7 +6,8 @@
 
 Each case runs in its own process (so peak RSS on CPU is its own) through Trainer.fit with the product's module,
 on the same synthetic data (seed 0), batch 128. Training samples/s counts the timed batches only (after warm-up,
-CUDA-synchronised), at the CLI's default precision unless --precision says otherwise; peak memory is
+CUDA-synchronised), at the CLI's default precision on GPU and float32 on CPU (the "... bf16-mixed" cases time the
+CPU's bf16 recipe against it) unless --precision says otherwise; peak memory is
 torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is strategy.predict on one batch
 (--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
 baseline of the same architecture measured in the same round (the DT-matched chain for NoProp; the same ResNet-18
@@ -134,7 +135,9 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
                                  train_accuracy_every_n_steps=0, **module_kwargs)  # fmt: skip
     timer = Timer()
     precision = "bf16-mixed" if name.endswith(" bf16-mixed") else precision
-    trainer = Trainer(max_epochs=1, precision=precision or default_precision(), limit_train_batches=batches + warmup, limit_val_batches=0, logger=False,
+    # On CPU float32, not the CLI's default (bf16 where the CPU has it), so that every case keeps its name's meaning.
+    precision = precision or (default_precision() if torch.cuda.is_available() else "32-true")
+    trainer = Trainer(max_epochs=1, precision=precision, limit_train_batches=batches + warmup, limit_val_batches=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[timer])  # fmt: skip
     trainer.fit(module, data)
@@ -166,7 +169,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed training batches first")
     parser.add_argument("--cases", nargs="*", default=DEFAULT_CASES, help=f"any of {list(CASES)} (default: the NoProp ones)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default=None, help="Trainer precision (default: the CLI's, bf16-mixed on GPU)")
+    parser.add_argument("--precision", default=None, help="Trainer precision (default: the CLI's on GPU, bf16-mixed where supported; 32-true on CPU)")
     parser.add_argument("--out", default=None, help="append one JSON line per case to this file")
     parser.add_argument("--inference-batch", type=int, default=128,
                         help="batch of the inference timing (e.g. 1000: the configs' eval_batch_size for CT/FM)")

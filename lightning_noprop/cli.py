@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,36 @@ class NoPropCLI(LightningCLI):
             )
 
 
+#: ``LIGHTNING_NOPROP_CPU_BF16=0`` keeps CPU runs in float32 on any CPU, ``=1`` gives them bf16 on any CPU; unset, the
+#: CPU's instructions decide (``cpu_bf16_native``). The test suite sets 0, so that it runs the same on every host.
+CPU_BF16_ENV = "LIGHTNING_NOPROP_CPU_BF16"
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where bf16 autocast and channels-last
+    train NoProp-DT 1.77x faster than float32 at the same one-epoch accuracy (benchmarks/RESULTS.md 19b, 20d).
+    ``$LIGHTNING_NOPROP_CPU_BF16`` (0 or 1) overrides the detection."""
+    override = os.environ.get(CPU_BF16_ENV)
+    if override is not None:
+        if override not in ("0", "1"):
+            raise ConfigurationError(f"{CPU_BF16_ENV} must be 0 (float32 on CPU) or 1 (bf16-mixed on CPU), got "
+                                     f"{override!r}; unset it to let the CPU decide.")  # fmt: skip
+        return override == "1"
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def cpu_bf16_default() -> bool:
+    """Whether a run here defaults to the CPU's bf16 recipe: no CUDA GPU, and a CPU with native bf16."""
+    return not torch.cuda.is_available() and cpu_bf16_native()
+
+
 def default_precision() -> str:
-    """bf16-mixed where the GPU supports it (no GradScaler needed), else full precision."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+    """bf16-mixed where the GPU supports it (no GradScaler needed) or, without a GPU, where the CPU has native bf16;
+    else full precision."""
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_bf16_native() else "32-true"
 
 
 # The settings every config shares live here, as defaults of the command line, and configs/*.yaml state only what
@@ -117,7 +143,7 @@ def trainer_defaults() -> dict[str, Any]:
     """Trainer defaults, given to LightningCLI as ``trainer_defaults``; each config adds ``max_epochs`` and
     ``logger.init_args.name`` (the run's folder under ``logs/``)."""
     return {
-        # bf16-mixed on GPUs that support it, else 32-true; fp16 is refused.
+        # bf16-mixed on GPUs that support it and on CPUs with native bf16, else 32-true; fp16 is refused.
         "precision": default_precision(),
         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "logs"}},
         "plugins": [{"class_path": "lightning_noprop.checkpointing.AtomicCheckpointIO"}],
@@ -144,6 +170,8 @@ def shared_defaults() -> dict[str, Any]:
             # last.ckpt: the latest state, every epoch (fit --ckpt_path .../last.ckpt resumes from it).
             {"class_path": "lightning_noprop.checkpointing.LatestCheckpoint"},
         ],
+        # On a CPU with native bf16 the convolutions run channels-last too: oneDNN's bf16 kernels prefer it (19b).
+        "model.channels_last": cpu_bf16_default(),
         # The paper's Table 3 optimizer for NoProp-DT and backprop; the CT/FM (Adam) and BWBPF (SGD) configs set theirs.
         "model.optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 1e-3}},
     }

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_noprop.cli import CPU_BF16_ENV
 from lightning_noprop.data.datasets import DATASETS, missing_files
+
+# Float32 on every CPU, so that the suite and the resolved-config records are the same on every host (a CPU with
+# native bf16 would otherwise default to bf16-mixed and channels-last); set here so that `main.py` subprocesses
+# inherit it. The tests of the bf16 default set it themselves.
+os.environ[CPU_BF16_ENV] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
