@@ -4,7 +4,7 @@
     python benchmarks/accuracy.py --epochs 1 --train-size 2000 --test-size 1000 \\
         --inference-steps 100 --rows dt-onehot ct-onehot                                # a short CPU version
     python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes 15 --run-dir runs \\
-        -- --model.strategy.init_args.block_execution vmap     # whole epochs within 15 min, resumable; CLI options after --
+        -- --model.block_execution vmap     # whole epochs within 15 min, resumable; CLI options after --
     python benchmarks/accuracy.py --replot --out-dir DIR       # table and curves of every run in DIR/results.jsonl
 
 The rows are Table 1's: backprop, dt, ct and fm, each with the one-hot, dim20 and prototype embeddings
@@ -110,7 +110,7 @@ def anytime(model, datamodule, steps: list[int]) -> dict[int, float]:
     images, labels = datamodule.test_set.tensors
     batches = [(datamodule.normalize_images(images[start : start + 500].to(model.device)).to(model.dtype),
                 labels[start : start + 500].to(model.device)) for start in range(0, len(labels), 500)]  # fmt: skip
-    return {k: correct / total for k, (correct, total) in anytime_accuracy(model.strategy, batches, steps, seed=0).items()}
+    return {k: correct / total for k, (correct, total) in anytime_accuracy(model.predict_batch, batches, steps, seed=0).items()}
 
 
 def run(row: str, seed: int, args: argparse.Namespace) -> dict:

@@ -22,7 +22,7 @@
 # loop mode in 15.6 minutes). --run-dir keeps last.ckpt, and the same command resumes from it, so 100 epochs can be
 # trained in instalments:
 #   python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes M --run-dir RUNS --data-root DATA \
-#       --out-dir DIR -- [--model.strategy.init_args.block_execution vmap] [--model.optimizer.init_args.fused true]
+#       --out-dir DIR -- [--model.block_execution vmap] [--model.optimizer.init_args.fused true]
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out"

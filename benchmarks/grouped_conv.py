@@ -3,7 +3,7 @@
     python benchmarks/grouped_conv.py                 # the NoProp-DT encoder's three convs, K = 10, batch 128
     python benchmarks/grouped_conv.py --blocks 4 --repeats 20
 
-NoProp-DT's batched mode (block_execution: vmap) runs the T blocks' convolutions as one convolution: the first
+NoProp-DT's batched mode (model.block_execution: vmap) runs the T blocks' convolutions as one convolution: the first
 (whose input, the image, all blocks share) with T x the output channels, the others with groups = T. This times
 forward + backward of each layer both ways, on the device at hand (CUDA if present), interleaved repeat by repeat so
 that a drifting machine speed affects both alike, and prints the medians and their ratio: above 1 means the grouped

@@ -19,15 +19,17 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lightning_noprop.execution.executor import Executor  # noqa: E402
 from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM  # noqa: E402
 from provenance import commit  # noqa: E402
 
+# case: (the strategy, the module's block_execution)
 CASES = {
-    "backprop (DT-matched)": lambda: Backprop(),
-    "NoProp-DT, loop": lambda: NoPropDT(),
-    "NoProp-DT, vmap": lambda: NoPropDT(block_execution="vmap"),
-    "NoProp-CT": lambda: NoPropCT(),
-    "NoProp-FM": lambda: NoPropFM(),
+    "backprop (DT-matched)": (Backprop, "loop"),
+    "NoProp-DT, loop": (NoPropDT, "loop"),
+    "NoProp-DT, vmap": (NoPropDT, "vmap"),
+    "NoProp-CT": (NoPropCT, "loop"),
+    "NoProp-FM": (NoPropFM, "loop"),
 }
 
 
@@ -39,14 +41,15 @@ def _top_level_ops(prof: profile) -> int:
     )
 
 
-def count(make) -> tuple[int, int]:
+def count(strategy_class, block_execution: str) -> tuple[int, int]:
     torch.manual_seed(0)
-    strategy = make()
+    strategy, executor = strategy_class(), Executor(block_execution=block_execution)
     strategy.build(10, (1, 28, 28))
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
-    list(strategy.local_losses(x, y, range(strategy.num_local_losses)))  # first-call initialisation off the count
+    blocks = range(strategy.num_local_losses)
+    list(executor.local_losses(strategy, x, y, blocks))  # first-call initialisation off the count
     with profile(activities=[ProfilerActivity.CPU]) as forward:
-        loss = torch.stack([r.loss for r in strategy.local_losses(x, y, range(strategy.num_local_losses))]).sum()
+        loss = torch.stack([r.loss for r in executor.local_losses(strategy, x, y, blocks)]).sum()
     with profile(activities=[ProfilerActivity.CPU]) as backward:
         loss.backward()
     return _top_level_ops(forward), _top_level_ops(backward)
@@ -56,7 +59,7 @@ def main() -> None:
     print(f"MNIST-shaped batch; torch {torch.__version__}; commit {commit()}; {time.strftime('%Y-%m-%d')}")
     print("| case | forward ops | backward ops | total | x backprop |")
     print("|---|---|---|---|---|")
-    rows = {name: count(make) for name, make in CASES.items()}
+    rows = {name: count(*case) for name, case in CASES.items()}
     base = sum(rows["backprop (DT-matched)"])
     for name, (f, b) in rows.items():
         print(f"| {name} | {f} | {b} | {f + b} | {(f + b) / base:.2f} |")

@@ -8,13 +8,13 @@ Each case runs in its own process (so peak RSS on CPU is its own) through Traine
 on the same synthetic data (seed 0), batch 128. Training samples/s counts the timed batches only (after warm-up,
 CUDA-synchronised), at the CLI's default precision on GPU and float32 on CPU (the "... bf16-mixed" cases time the
 CPU's bf16 recipe against it) unless --precision says otherwise; peak memory is
-torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is strategy.predict on one batch
+torch.cuda.max_memory_allocated on GPU, peak RSS on CPU. Inference samples/s is the module's predict_batch on one batch
 (--inference-batch, default 128) in eval mode (CT/FM at 10, 100 and 1000 steps). Ratios are against the backprop
 baseline of the same architecture measured in the same round (the DT-matched chain for NoProp; the same ResNet-18
 with K = 1 for BWBPF, whose cases run with --cases). A CPU's speed can drift by ~10% within minutes, so a fixed order
 biases ratios near 1: compare with --rounds 2*len(cases), which changes the order each round (round_order); the
 table shows medians over rounds and the range of the within-round ratios. Cases named "compiled" / "channels_last" /
-"eager sampler" time the module's compile_blocks / channels_last options and CT/FM with cuda_graph off; "fused" ones
+"eager sampler" time the module's compile_blocks / channels_last options and CT/FM with sampler_cuda_graph off; "fused" ones
 use torch's fused AdamW (optimizer init_args fused: true). --profile prints where the time goes. Prints a markdown
 table.
 """
@@ -39,7 +39,7 @@ CASES = {
     "backprop": ("Backprop", {}, {}, "backprop"),
     "noprop_dt joint": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
     "noprop_dt per_block": ("NoPropDT", {}, {"backward_mode": "per_block"}, "backprop"),
-    "noprop_dt vmap": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
+    "noprop_dt vmap": ("NoPropDT", {}, {"backward_mode": "joint", "block_execution": "vmap"}, "backprop"),
     "noprop_ct": ("NoPropCT", {}, {}, "backprop"),
     "noprop_fm": ("NoPropFM", {}, {}, "backprop"),
     # Performance options, each against the plain baseline (and the backprop row with the same option).
@@ -55,7 +55,7 @@ CASES = {
     # batch, so on a launch-bound GPU this is where it may pay. Set in a config with optimizer init_args fused: true.
     "backprop fused": ("Backprop", {}, {}, "backprop"),
     "noprop_dt joint fused": ("NoPropDT", {}, {"backward_mode": "joint"}, "backprop"),
-    "noprop_dt vmap fused": ("NoPropDT", {"block_execution": "vmap"}, {"backward_mode": "joint"}, "backprop"),
+    "noprop_dt vmap fused": ("NoPropDT", {}, {"backward_mode": "joint", "block_execution": "vmap"}, "backprop"),
     # capture_step (lightning_noprop/execution/capture.py): compiled per-block losses, fused optimizer steps, losses
     # logged from the device every log_every_n_steps batches.
     "backprop captured": ("Backprop", {}, {"capture_step": True}, "backprop"),
@@ -66,8 +66,8 @@ CASES = {
     "noprop_dt joint channels_last bf16-mixed": ("NoPropDT", {}, {"backward_mode": "joint", "channels_last": True},
                                                  "noprop_dt joint"),  # fmt: skip
     "backprop bf16-mixed": ("Backprop", {}, {}, "backprop"),
-    "noprop_ct eager sampler": ("NoPropCT", {"cuda_graph": False}, {}, "backprop"),
-    "noprop_fm eager sampler": ("NoPropFM", {"cuda_graph": False}, {}, "backprop"),
+    "noprop_ct eager sampler": ("NoPropCT", {}, {"sampler_cuda_graph": False}, "backprop"),
+    "noprop_fm eager sampler": ("NoPropFM", {}, {"sampler_cuda_graph": False}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
     "bwbpf resnet18 K=4 joint": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "joint"}, "resnet18 backprop (K=1)"),
     "bwbpf resnet18 K=4 per_block": ("BWBPF", {"num_blocks": 4}, {"backward_mode": "per_block"}, "resnet18 backprop (K=1)"),
@@ -148,13 +148,13 @@ def run_case(name: str, dataset: str, batches: int, warmup: int, precision: str 
     inference = {}
     for steps in ([10, 100, 1000] if strategy_name in ADAM else [None]):
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            strategy.predict(x, steps)  # warm-up
+            module.predict_batch(x, steps)  # warm-up (and the capture of a CUDA graph, where the module uses one)
             if x.is_cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             repeats = 3
             for _ in range(repeats):
-                strategy.predict(x, steps)
+                module.predict_batch(x, steps)
             if x.is_cuda:
                 torch.cuda.synchronize()
         inference[str(steps or "all")] = x.shape[0] * repeats / (time.perf_counter() - start)

@@ -7,7 +7,7 @@ on k sampler steps (NoProp-CT/FM), computed at the end of ``test`` and shown whe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.strategies.base import Strategy
+from lightning_noprop.strategies.base import Prediction, Strategy
 
 #: Sampler grids of the continuous methods (a 1-3-10 ladder, then the full ``inference_steps``).
 CONTINUOUS_LADDER = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
@@ -37,9 +37,10 @@ def anytime_steps(strategy: Strategy) -> list[int]:
 
 
 @torch.no_grad()
-def anytime_accuracy(strategy: Strategy, batches: Iterable[tuple[Tensor, Tensor]], steps: Sequence[int],
-                     seed: int = 0) -> dict[int, tuple[int, int]]:  # fmt: skip
-    """(correct, total) of ``strategy.predict(x, k)`` over ``batches`` of (images (B, C, H, W) ready for the model,
+def anytime_accuracy(predict: Callable[[Tensor, int], Prediction], batches: Iterable[tuple[Tensor, Tensor]],
+                     steps: Sequence[int], seed: int = 0) -> dict[int, tuple[int, int]]:  # fmt: skip
+    """(correct, total) of ``predict(x, k)`` (``strategy.predict``, or ``module.predict_batch`` as the module's
+    executor runs it) over ``batches`` of (images (B, C, H, W) ready for the model,
     labels (B,)), for each k in ``steps``. Each k starts the global RNG from ``seed`` (the same noise for every k);
     the caller's RNG state is restored afterwards. The batches are held in memory for the passes over ``steps``."""
     batches = list(batches)
@@ -50,7 +51,7 @@ def anytime_accuracy(strategy: Strategy, batches: Iterable[tuple[Tensor, Tensor]
             torch.manual_seed(seed)
             correct = total = 0
             for x, y in batches:
-                correct += int((strategy.predict(x, k).logits.argmax(-1) == y).sum())
+                correct += int((predict(x, k).logits.argmax(-1) == y).sum())
                 total += int(y.shape[0])
             counts[k] = (correct, total)
     return counts
@@ -107,7 +108,7 @@ class AnytimeCurve(Callback):
         if not is_continuous(strategy) and blocks is not None and max(steps) > blocks:
             raise ConfigurationError(f"anytime.steps {self.steps} go beyond the strategy's {blocks} blocks.")
         with trainer.precision_plugin.forward_context():
-            counts = anytime_accuracy(strategy, self._batches(trainer, pl_module), steps, self.seed)
+            counts = anytime_accuracy(pl_module.predict_batch, self._batches(trainer, pl_module), steps, self.seed)
         totals = torch.tensor([counts[k] for k in steps], dtype=torch.float64, device=pl_module.device)
         totals = trainer.strategy.reduce(totals, reduce_op="sum")  # several processes: each saw its own shard
         self.accuracy = {k: float(c / n) if n else float("nan") for k, (c, n) in zip(steps, totals.tolist())}

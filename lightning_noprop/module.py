@@ -23,7 +23,7 @@ from lightning_noprop.checkpointing import (
 from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
-from lightning_noprop.execution.executor import Executor
+from lightning_noprop.execution.executor import Executor, from_strategy
 from lightning_noprop.execution.training import BatchTrainer, Summary, summarize
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
@@ -68,6 +68,12 @@ class LocalLearningModule(LightningModule):
             shows a gain: the first batches pay the compilation.
         compile_options: keyword arguments for ``torch.compile`` (e.g. ``{mode: max-autotune-no-cudagraphs}``), for
             compile_blocks or capture_step.
+        block_execution: how training runs NoProp-DT's blocks' forward passes: "loop" (one after another) or "vmap"
+            (one batched computation over the stacked parameters, torch.func; the same losses and updates, each block
+            still with its own optimizer). "vmap" shares one graph across blocks, so it needs backward_mode "joint"
+            and block_order "every_batch".
+        sampler_cuda_graph: on a GPU, capture NoProp-CT/FM's whole no-grad sampler in one CUDA graph per batch shape
+            and step count and replay it (the same computation without per-step launch overhead); no effect on CPU.
         capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
             blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
             batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
@@ -80,7 +86,7 @@ class LocalLearningModule(LightningModule):
     #: or resumed with other values (backward modes give the same updates, tested).
     execution_options: ClassVar[tuple[str, ...]] = (
         "backward_mode", "train_accuracy_every_n_steps", "nonfinite_loss", "validation_inference_steps",
-        "channels_last", "compile_blocks", "compile_options", "capture_step",
+        "channels_last", "compile_blocks", "compile_options", "capture_step", "block_execution", "sampler_cuda_graph",
     )  # fmt: skip
     #: The training recipe: it must match a checkpoint that training resumes from, not one that is evaluated.
     training_options: ClassVar[tuple[str, ...]] = (
@@ -105,6 +111,8 @@ class LocalLearningModule(LightningModule):
         compile_blocks: bool = False,
         compile_options: dict[str, Any] | None = None,
         capture_step: bool = False,
+        block_execution: Literal["loop", "vmap"] = "loop",
+        sampler_cuda_graph: bool = True,
     ) -> None:
         super().__init__()
         # Under the CLI the hparams are the parsed config (class paths), which rebuild the model on load;
@@ -117,18 +125,22 @@ class LocalLearningModule(LightningModule):
                             "nonfinite_loss": (nonfinite_loss, ("error", "skip"))}.items():  # fmt: skip
             if value[0] not in value[1]:
                 raise ConfigurationError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
-        self.executor = Executor(backward_mode, channels_last, compile_blocks, compile_options, capture_step)
+        self.executor = Executor(
+            backward_mode, channels_last, compile_blocks, compile_options, capture_step,
+            block_execution=from_strategy(strategy, "block_execution", "block_execution", block_execution, "loop"),
+            sampler_cuda_graph=from_strategy(strategy, "cuda_graph", "sampler_cuda_graph", sampler_cuda_graph, True),
+        )  # fmt: skip
         if validation_inference_steps is not None and validation_inference_steps < 1:
             raise ConfigurationError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ConfigurationError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
         strategy.build(num_classes, image_shape)
-        if strategy.requires_joint_backward and (backward_mode, block_order) != ("joint", "every_batch"):
-            raise ConfigurationError(
-                f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
-                f"(e.g. detach_between_blocks=false), which needs backward_mode='joint' and block_order='every_batch'; "
-                f"got {backward_mode!r} and {block_order!r}."
-            )
+        if self.executor.requires_joint_backward(strategy) and (backward_mode, block_order) != ("joint", "every_batch"):
+            cause = ("block_execution 'vmap' runs the blocks in one graph" if self.executor.batches_blocks else
+                     f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
+                     "(e.g. detach_between_blocks=false)")  # fmt: skip
+            raise ConfigurationError(f"{cause}, which needs backward_mode='joint' and block_order='every_batch'; got "
+                                     f"{backward_mode!r} and {block_order!r}.")  # fmt: skip
         self.executor.prepare(strategy, nonfinite_loss)
         self.log_window = LogWindow()
         self.strategy = strategy
@@ -288,13 +300,14 @@ class LocalLearningModule(LightningModule):
 
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
         x, y = self._images(batch[0]), batch[1]
-        results = self.strategy.local_losses(x, y, range(self.strategy.num_local_losses))
+        results = self.executor.local_losses(self.strategy, x, y, range(self.strategy.num_local_losses))
         self._log_summary(stage, summarize(results, y))
         steps = self.hparams.validation_inference_steps if stage == "val" else None
         self._log_accuracy(stage, metric, self.predict_batch(x, steps), y)
 
     def predict_batch(self, x: Tensor, num_steps: int | None = None) -> Prediction:
-        """``strategy.predict(x, num_steps)`` as the executor runs it (a CUDA graph under capture_step on a GPU)."""
+        """``strategy.predict(x, num_steps)`` as the executor runs it (on a GPU, a CUDA graph under capture_step and
+        for NoProp-CT/FM's sampler)."""
         return self.executor.predict(self.strategy, x, num_steps)
 
     def _log_summary(self, stage: str, summary: Summary, batch_size: int | None = None) -> None:

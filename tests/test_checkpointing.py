@@ -1,6 +1,8 @@
 """Checkpoints through the CLI, as a user meets them: last.ckpt is the latest state and resumes exactly, and a
 checkpoint of another model configuration is refused with the list of differences."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -150,3 +152,21 @@ def test_a_float64_run_resumes_exactly(tmp_path):
     for key, value in straight["state_dict"].items():
         assert value.dtype != torch.float32 or not value.is_floating_point(), key
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_a_checkpoint_from_before_the_executor_resumes(tmp_path):
+    """Checkpoints written before ``block_execution`` and ``sampler_cuda_graph`` moved to the module hold them (or
+    DT's alone) among the strategy's arguments: they resume, with the current config or with their own."""
+    _, last = fit(tmp_path / "old", "--trainer.max_epochs", "1")
+    checkpoint = torch.load(last, weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams.pop("block_execution") == "loop" and hparams.pop("sampler_cuda_graph") is True
+    assert hparams["strategy"]["init_args"]["block_execution"] is None
+    hparams["strategy"]["init_args"]["block_execution"] = "loop"  # what a config of that time resolved to
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    for extra in ([], ["--model_from_checkpoint", "true"]):
+        with pytest.warns(DeprecationWarning, match="block_execution is deprecated") if extra else nullcontext():
+            cli, resumed = fit(tmp_path / f"resumed{len(extra)}", "--ckpt_path", str(old), "--trainer.max_epochs", "2",
+                               *extra)  # fmt: skip
+        assert torch.load(resumed, weights_only=False)["epoch"] == 1 and cli.model.executor.block_execution == "loop"

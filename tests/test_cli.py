@@ -155,7 +155,7 @@ BAD_INPUTS = {
     "zero validation steps": (["--model.validation_inference_steps", "0"], "validation_inference_steps must be >= 1"),
     "negative epochs": (["--trainer.max_epochs", "-5"], "max_epochs"),
     # option combinations
-    "vmap with per_block": (["--model.strategy.init_args.block_execution", "vmap", "--model.backward_mode",
+    "vmap with per_block": (["--model.block_execution", "vmap", "--model.backward_mode",
                              "per_block"], "needs backward_mode='joint'"),
     "compile options alone": (["--model.compile_options", "{mode: default}"], "compile_options only apply"),
     "plateau scheduler": (["--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"], "ReduceLROnPlateau"),
@@ -225,3 +225,12 @@ def test_predict_under_precision_64_true(tmp_path):
     predictions = cli.trainer.predict_loop.predictions
     assert sum(p.logits.shape[0] for p in predictions) == len(cli.datamodule.test_set)
     assert all(p.logits.dtype == p.z.dtype == torch.float64 for p in predictions)
+
+
+@pytest.mark.parametrize("option", ["--model.block_execution", "--model.strategy.init_args.block_execution"],
+                         ids=["module", "deprecated-strategy-argument"])  # fmt: skip
+def test_vmapped_blocks_train_through_the_cli(option, tmp_path):
+    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+              option, "vmap", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert cli.model.executor.block_execution == "vmap"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

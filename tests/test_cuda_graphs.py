@@ -4,34 +4,44 @@ import pytest
 import torch
 
 from lightning_noprop.cuda_graphs import GraphCache
-from lightning_noprop.strategies import NoPropCT, NoPropFM
+from lightning_noprop.execution.executor import Executor
+from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM
 
 from .strategies.helpers import batch, tiny
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _predict(strategy, x, steps, seed):
+def _predict(strategy, x, steps, seed, executor=None):
+    """The prediction as ``executor`` runs it (default: eager, no CUDA graph)."""
     torch.manual_seed(seed)
-    return strategy.predict(x, steps)
+    return (executor or Executor(sampler_cuda_graph=False)).predict(strategy, x, steps)
 
 
 @pytest.mark.parametrize("strategy_class", [NoPropCT, NoPropFM])
-def test_cuda_graph_option_changes_nothing_on_cpu(strategy_class):
+def test_sampler_cuda_graph_changes_nothing_on_cpu(strategy_class):
     """On CPU the option falls back to the eager sampler: the same draws give the same prediction."""
-    graphed = tiny(strategy_class, cuda_graph=True).eval()
-    eager = copy.deepcopy(graphed)
-    eager.cuda_graph = False
+    strategy, graphs = tiny(strategy_class).eval(), Executor()
     x, _ = batch()
     assert not GraphCache.usable(x)
-    torch.testing.assert_close(_predict(graphed, x, 7, seed=3).z, _predict(eager, x, 7, seed=3).z)
-    assert len(graphed._graphs) == 0
+    torch.testing.assert_close(_predict(strategy, x, 7, 3, graphs).z, _predict(strategy, x, 7, seed=3).z)
+    assert len(graphs._inference_graphs) == 0
 
 
-def test_copies_of_a_strategy_start_with_an_empty_graph_cache():
-    strategy = tiny(NoPropFM)
-    strategy._graphs._graphs["fake"] = None
-    assert len(copy.deepcopy(strategy)._graphs) == 0
+@pytest.mark.parametrize(("strategy", "capture_step", "sampler_cuda_graph", "graphs"), [
+    (NoPropCT, False, True, True), (NoPropFM, False, True, True), (NoPropFM, False, False, False),
+    (NoPropDT, False, True, False), (Backprop, False, True, False), (NoPropDT, True, False, True),
+], ids=["ct", "fm", "fm-off", "dt", "backprop", "dt-captured"])  # fmt: skip
+def test_which_inference_replays_a_cuda_graph(strategy, capture_step, sampler_cuda_graph, graphs):
+    """A sampler (CT/FM) by default, every strategy under capture_step, nothing else."""
+    executor = Executor(capture_step=capture_step, sampler_cuda_graph=sampler_cuda_graph)
+    assert executor.graphs_inference(strategy) is graphs
+
+
+def test_copies_of_an_executor_start_with_an_empty_graph_cache():
+    executor = Executor()
+    executor._inference_graphs._graphs["fake"] = None
+    assert len(copy.deepcopy(executor)._inference_graphs) == 0
     assert GraphCache().__getstate__() == {"_graphs": {}}
 
 
@@ -42,30 +52,30 @@ def test_graph_replay_equals_the_eager_sampler_on_gpu(strategy_class):
     """The captured sampler computes what the eager one does: same seed, same z; new inputs are copied in; an
     in-place parameter update is seen by the next replay; a new batch size gets its own graph."""
     kwargs = {"inference_noise": False} if strategy_class is NoPropCT else {}
-    graphed = tiny(strategy_class, **kwargs).cuda().eval()
-    eager = copy.deepcopy(graphed)
-    eager.cuda_graph = False
+    strategy, executor = tiny(strategy_class, **kwargs).cuda().eval(), Executor()
+    graphs = executor._inference_graphs
     x, _ = batch(size=8)
     x = x.cuda()
     for seed in (0, 1):  # the first call captures, the second replays
-        torch.testing.assert_close(_predict(graphed, x, 50, seed).z, _predict(eager, x, 50, seed).z,
+        torch.testing.assert_close(_predict(strategy, x, 50, seed, executor).z, _predict(strategy, x, 50, seed).z,
                                    rtol=1e-4, atol=1e-4)  # fmt: skip
     other = torch.randn_like(x)
-    torch.testing.assert_close(_predict(graphed, other, 50, 2).z, _predict(eager, other, 50, 2).z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_predict(strategy, other, 50, 2, executor).z, _predict(strategy, other, 50, 2).z,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
     with torch.no_grad():
-        for a, b in zip(graphed.parameters(), eager.parameters()):
-            a.mul_(1.1)
-            b.mul_(1.1)
-    torch.testing.assert_close(_predict(graphed, x, 50, 4).z, _predict(eager, x, 50, 4).z, rtol=1e-4, atol=1e-4)
-    assert len(graphed._graphs) == 1
-    graphed.predict(x[:5], 50)
-    assert len(graphed._graphs) == 2
-    assert all(entry is not None for entry in graphed._graphs._graphs.values()), "a capture failed (see its warning)"
-    first, second = graphed.predict(x, 50).z, graphed.predict(x, 50).z
+        for parameter in strategy.parameters():
+            parameter.mul_(1.1)
+    torch.testing.assert_close(_predict(strategy, x, 50, 4, executor).z, _predict(strategy, x, 50, 4).z,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    assert len(graphs) == 1
+    executor.predict(strategy, x[:5], 50)
+    assert len(graphs) == 2
+    assert all(entry is not None for entry in graphs._graphs.values()), "a capture failed (see its warning)"
+    first, second = executor.predict(strategy, x, 50).z, executor.predict(strategy, x, 50).z
     assert not torch.equal(first, second), "each replay must draw fresh noise"
     with torch.inference_mode():  # how Lightning validates and tests: a graph of its own
-        assert graphed.predict(x, 50).z.shape == first.shape and len(graphed._graphs) == 3
-    assert graphed.predict(x, 50).z.shape == first.shape, "no_grad after inference_mode (train/acc after validation)"
+        assert executor.predict(strategy, x, 50).z.shape == first.shape and len(graphs) == 3
+    assert executor.predict(strategy, x, 50).z.shape == first.shape, "no_grad after inference_mode (train/acc after validation)"
 
 
 def test_capture_runs_with_the_autocast_cache_off(monkeypatch):
@@ -102,16 +112,14 @@ def test_graph_replay_under_bf16_autocast_follows_the_parameters(strategy_class)
     """Lightning's bf16-mixed opens one autocast context per step: a graph captured in one must compute what the
     eager sampler computes in the next, after an optimizer-like in-place update of the parameters."""
     kwargs = {"inference_noise": False} if strategy_class is NoPropCT else {}
-    graphed = tiny(strategy_class, **kwargs).cuda().eval()
-    eager = copy.deepcopy(graphed)
-    eager.cuda_graph = False
+    strategy, executor = tiny(strategy_class, **kwargs).cuda().eval(), Executor()
     x = batch(size=8)[0].cuda()
     for seed in (0, 1, 2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            torch.testing.assert_close(_predict(graphed, x, 20, seed).z, _predict(eager, x, 20, seed).z,
+            torch.testing.assert_close(_predict(strategy, x, 20, seed, executor).z, _predict(strategy, x, 20, seed).z,
                                        rtol=2e-2, atol=2e-2)  # fmt: skip
         with torch.no_grad():
-            for a, b in zip(graphed.parameters(), eager.parameters()):
-                a.mul_(0.5)
-                b.mul_(0.5)
-    assert len(graphed._graphs) == 1 and None not in graphed._graphs._graphs.values(), "one graph, captured once"
+            for parameter in strategy.parameters():
+                parameter.mul_(0.5)
+    graphs = executor._inference_graphs
+    assert len(graphs) == 1 and None not in graphs._graphs.values(), "one graph, captured once"

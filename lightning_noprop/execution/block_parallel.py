@@ -33,10 +33,10 @@ def check_block_parallel(module: Any, world_size: int, trainer: Any = None) -> N
     """Refuse, saying what to use instead, a model or setting that ``block_parallel`` cannot train exactly."""
     strategy = module.strategy
     name = type(strategy).__name__
-    if strategy.block_dependency is None:
-        if getattr(strategy, "block_execution", None) == "vmap":
-            reason = ("block_execution: vmap draws every block's dropout masks in one call; set "
-                      "--model.strategy.init_args.block_execution loop")  # fmt: skip
+    dependency = module.executor.block_dependency(strategy)
+    if dependency is None:
+        if module.executor.batches_blocks:
+            reason = "block_execution vmap draws every block's dropout masks in one call; set --model.block_execution loop"
         elif getattr(strategy, "detach_between_blocks", True) is False:
             reason = ("detach_between_blocks: false sends gradients back through earlier blocks; set it to true (the "
                       "paper's BWBPF) or use --trainer.strategy ddp")  # fmt: skip
@@ -49,12 +49,12 @@ def check_block_parallel(module: Any, world_size: int, trainer: Any = None) -> N
             f"--trainer.strategy block_parallel with {world_size} processes needs at least as many blocks, and "
             f"{name} has {blocks}: use --trainer.devices {blocks} (x num_nodes) or fewer."
         )
-    if strategy.block_dependency == "chain" and module.hparams.block_order != "every_batch":
+    if dependency == "chain" and module.hparams.block_order != "every_batch":
         raise ConfigurationError(
             "--trainer.strategy block_parallel pipelines a chain of blocks across processes, which needs every block "
             "on every batch: set --model.block_order every_batch."
         )
-    if strategy.block_dependency == "chain" and trainer is not None and trainer.val_check_interval != 1.0:
+    if dependency == "chain" and trainer is not None and trainer.val_check_interval != 1.0:
         raise ConfigurationError(
             "--trainer.strategy block_parallel drains its pipeline of blocks at the end of each epoch, so it validates "
             "only there: drop --trainer.val_check_interval (or set it to 1.0)."

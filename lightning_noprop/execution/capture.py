@@ -33,18 +33,18 @@ from lightning_noprop.errors import ConfigurationError
 INDUCTOR_OPTIONS = {"fallback_random": True}
 
 
-def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str) -> None:
+def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str, block_execution: str) -> None:
     """Refuse, with what to change, the combinations ``capture_step`` cannot run."""
     name = type(strategy).__name__
     if not strategy.capture_units:
         raise ConfigurationError(
-            f"capture_step does not support {name} yet (supported: NoPropDT with block_execution 'loop', Backprop, "
-            "PlainCNN); set model.capture_step false."
+            f"capture_step does not support {name} yet (supported: NoPropDT, Backprop, PlainCNN); set "
+            "model.capture_step false."
         )
-    if getattr(strategy, "block_execution", "loop") != "loop":
+    if block_execution != "loop":
         raise ConfigurationError(
-            "capture_step compiles NoProp-DT's blocks one at a time: set model.strategy.init_args.block_execution "
-            "loop, or model.capture_step false."
+            "capture_step compiles NoProp-DT's blocks one at a time: set model.block_execution loop, or "
+            "model.capture_step false."
         )
     if compile_blocks:
         raise ConfigurationError("capture_step compiles the whole training step already: drop model.compile_blocks.")

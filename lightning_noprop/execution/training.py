@@ -57,7 +57,7 @@ class BatchTrainer:
             shared.zero_grad()
         if parallel is None:
             summary = summarize(self.train_blocks(x, y, module.active_blocks(), self.batches_trained), y)
-        elif module.strategy.block_dependency == "chain":
+        elif module.executor.block_dependency(module.strategy) == "chain":
             summary = self._train_pipeline(parallel, x, y, batch_idx)
         else:
             blocks = parallel.owned(module.active_blocks())
@@ -96,7 +96,8 @@ class BatchTrainer:
         module, strategy = self.module, self.module.strategy
         optimizers = module._optimizers()
         with self.streams.training_batch(batch):
-            losses = strategy.local_losses(h, y, blocks) if first is None else strategy.chain_losses(h, y, first, blocks)
+            losses = (module.executor.local_losses(strategy, h, y, blocks) if first is None
+                      else strategy.chain_losses(h, y, first, blocks))  # fmt: skip
             if module.executor.backward_mode == "joint":
                 results = list(losses)
                 # One device sync per batch; inspect the blocks one by one only when something is off. A captured step

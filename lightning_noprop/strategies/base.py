@@ -70,6 +70,9 @@ class Strategy(nn.Module, ABC):
     #: no data-dependent Python control flow): the module's ``capture_step`` compiles each into one graph. Empty: the
     #: strategy's training step cannot be captured (the module refuses the option).
     capture_units: ClassVar[tuple[str, ...]] = ()
+    #: Whether inference is a sampler: many small steps of one network (NoProp-CT/FM), where replaying the whole call
+    #: as one CUDA graph pays by default (the module's ``sampler_cuda_graph``).
+    sampler_inference: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,7 +9,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.diffusion import standard_normal_start
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import TimeConditionedBlock
@@ -31,11 +30,12 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         inference_steps: steps of the sampler at test and predict time (spec: 1000); validation can use fewer
             through the module's ``validation_inference_steps``.
         readout: "head" (argmax of the head on the final state) or "nearest" (the nearest class embedding).
-        cuda_graph: on a GPU, capture the whole no-grad sampler in one CUDA graph per batch shape and step count
-            and replay it (the same computation without per-step launch overhead); no effect on CPU.
+        cuda_graph: deprecated, use the module's ``sampler_cuda_graph`` (``model.sampler_cuda_graph``); None (the
+            default) leaves it to the module.
     """
 
     execution_options = ("inference_steps", "readout", "cuda_graph")
+    sampler_inference = True
 
     def __init__(
         self,
@@ -46,7 +46,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         time_dim: int = 64,
         inference_steps: int = 1000,
         readout: Literal["head", "nearest"] = "head",
-        cuda_graph: bool = True,
+        cuda_graph: bool | None = None,
     ) -> None:
         super().__init__(embedding, head)
         if inference_steps < 1:
@@ -58,7 +58,6 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         self.inference_steps = inference_steps
         self.readout = readout
         self.cuda_graph = cuda_graph
-        self._graphs = GraphCache()
 
     def _build_blocks(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
         self.network = TimeConditionedBlock(
@@ -107,12 +106,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
         """``sample`` on N = ``num_steps`` (default ``inference_steps``) steps, then logits by ``readout``."""
-        steps = self.inference_steps if num_steps is None else num_steps
-        if self.cuda_graph and GraphCache.usable(x):
-            z = self._graphs.replay(lambda images: self.sample(images, steps), ("sample", steps, self.training), [x],
-                                     owner=self)  # fmt: skip
-        else:
-            z = self.sample(x, steps)
+        z = self.sample(x, self.inference_steps if num_steps is None else num_steps)
         embedding = self.embedding.weight
         return Prediction(logits=readout_logits(self.readout, self.head, z, embedding), z=z)
 

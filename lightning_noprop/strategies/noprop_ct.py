@@ -48,7 +48,7 @@ class NoPropCT(ContinuousTimeStrategy):
         inference_steps: N, steps of Eq. 3 at test and predict time (spec: 1000); any N >= 1 works.
         inference_noise: add the sqrt(c_k) eps term of Eq. 3; False is the deterministic variant (posterior mean).
         readout: "head" (argmax head(z_1), the paper) or "nearest" (the nearest class embedding).
-        cuda_graph: on a GPU, replay the whole sampler as one CUDA graph (see ``ContinuousTimeStrategy``).
+        cuda_graph: deprecated, use the module's ``sampler_cuda_graph`` (see ``ContinuousTimeStrategy``).
     """
 
     # snr_derivative: the analytic and the autograd SNR'(t) are the same value.
@@ -67,7 +67,7 @@ class NoPropCT(ContinuousTimeStrategy):
         inference_steps: int = 1000,
         inference_noise: bool = True,
         readout: Literal["head", "nearest"] = "head",
-        cuda_graph: bool = True,
+        cuda_graph: bool | None = None,
     ) -> None:
         super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if eta <= 0:

@@ -67,10 +67,8 @@ class NoPropDT(EmbeddingStrategy):
             posterior mean (eps = 0), which one reimplementation found more accurate.
         readout: how z_T becomes class scores: "head" (the paper) or "nearest" (the nearest class embedding,
             as NoProp-FM reads out; it measures the blocks alone, independently of how far the head has trained).
-        block_execution: how training runs the blocks' forward passes: "loop" (one after another) or "vmap" (one
-            batched computation over the stacked parameters, torch.func; the same losses and updates, each block
-            still with its own optimizer). "vmap" shares one graph across blocks, so it needs the module's
-            backward_mode "joint" and block_order "every_batch".
+        block_execution: deprecated, use the module's ``block_execution`` (``model.block_execution``), which runs
+            ``stacked_block_losses``; None (the default) leaves it to the module.
     """
 
     loss_terms = ("ce", "kl", "denoise")
@@ -88,7 +86,7 @@ class NoPropDT(EmbeddingStrategy):
         width: int = 256,
         inference_noise: bool = True,
         readout: Literal["head", "nearest"] = "head",
-        block_execution: Literal["loop", "vmap"] = "loop",
+        block_execution: Literal["loop", "vmap"] | None = None,
     ) -> None:
         super().__init__(embedding, head)
         if num_blocks < 1:
@@ -101,7 +99,7 @@ class NoPropDT(EmbeddingStrategy):
         self.dropout = dropout
         self.width = width
         check_readout(readout)
-        if block_execution not in ("loop", "vmap"):
+        if block_execution not in (None, "loop", "vmap"):
             raise ConfigurationError(f"block_execution must be 'loop' or 'vmap', got {block_execution!r}.")
         self.inference_noise = inference_noise
         self.readout = readout
@@ -149,21 +147,13 @@ class NoPropDT(EmbeddingStrategy):
         return mix_embeddings(net(x, z).softmax(dim=-1), embedding)
 
     @property
-    def requires_joint_backward(self) -> bool:
-        return self.block_execution == "vmap"
-
-    @property
-    def block_dependency(self) -> Literal["independent"] | None:
-        # vmap draws every block's dropout masks in one call, so they would depend on which blocks run together.
-        return "independent" if self.block_execution == "loop" else None
+    def block_dependency(self) -> Literal["independent"]:
+        return "independent"
 
     def modules_of_block(self, block: int) -> list[nn.Module]:
         return [self.blocks[block]]
 
     def local_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> Iterator[BlockLoss]:
-        if self.block_execution == "vmap" and len(blocks) > 1:
-            yield from self.stacked_block_losses(x, y, blocks)
-            return
         shared = self.shared_terms(y)
         for block in blocks:
             with self.random_stream(block):
@@ -184,7 +174,8 @@ class NoPropDT(EmbeddingStrategy):
         return shared
 
     def stacked_block_losses(self, x: Tensor, y: Tensor, blocks: Sequence[int]) -> list[BlockLoss]:
-        """``[block_loss(x, y, b) for b in blocks]`` with the blocks' forward passes run as one vmapped call.
+        """``[block_loss(x, y, b) for b in blocks]`` with the blocks' forward passes run as one vmapped call (what the
+        module's ``block_execution`` "vmap" runs). The losses share one graph, so they need a joint backward.
 
         The noise is drawn in the same order as the loop draws it, so without dropout both give the same losses.
         """

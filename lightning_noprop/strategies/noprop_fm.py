@@ -38,7 +38,7 @@ class NoPropFM(ContinuousTimeStrategy):
         time_dim: size of the sinusoidal time embedding (paper: 64).
         inference_steps: Euler steps at test and predict time (spec: 1000); any N >= 1 works.
         readout: "nearest" (the class whose embedding is nearest to z_1, the paper) or "head" (needs the anchor).
-        cuda_graph: on a GPU, replay the whole sampler as one CUDA graph (see ``ContinuousTimeStrategy``).
+        cuda_graph: deprecated, use the module's ``sampler_cuda_graph`` (see ``ContinuousTimeStrategy``).
     """
 
     def __init__(
@@ -52,7 +52,7 @@ class NoPropFM(ContinuousTimeStrategy):
         time_dim: int = 64,
         inference_steps: int = 1000,
         readout: Literal["head", "nearest"] = "nearest",
-        cuda_graph: bool = True,
+        cuda_graph: bool | None = None,
     ) -> None:
         super().__init__(embedding, head, dropout, width, time_dim, inference_steps, readout, cuda_graph)
         if sigma < 0:

@@ -135,7 +135,7 @@ def test_block_parallel_with_one_nccl_rank_equals_the_plain_loop_on_a_gpu(tmp_pa
     ("noprop_ct", {}, "use --trainer.strategy ddp"),
     ("backprop", {}, "use --trainer.strategy ddp"),
     ("bwbpf", {"detach_between_blocks": False}, "detach_between_blocks"),
-    ("dt", {"block_execution": "vmap"}, "block_execution loop"),
+    ("dt vmap", {}, "--model.block_execution loop"),
     ("dt", {"num_blocks": 1}, "--trainer.devices 1"),
 ], ids=["ct", "backprop", "bwbpf-attached", "dt-vmap", "too-many-ranks"])  # fmt: skip
 def test_what_cannot_train_block_parallel_is_refused(strategy, options, message):
@@ -145,9 +145,12 @@ def test_what_cannot_train_block_parallel_is_refused(strategy, options, message)
 
     make = {"noprop_ct": lambda: NoPropCT(width=8), "backprop": lambda: Backprop(num_blocks=2, width=8),
             "bwbpf": lambda: BWBPF(ResNet(18, width=4), **options),
-            "dt": lambda: NoPropDT(**{"num_blocks": 2, "width": 8, **options})}  # fmt: skip
-    backward = "joint" if options.get("detach_between_blocks") is False or "block_execution" in options else "per_block"
-    module = LocalLearningModule(make[strategy](), backward_mode=backward)
+            "dt": lambda: NoPropDT(**{"num_blocks": 2, "width": 8, **options}),
+            "dt vmap": lambda: NoPropDT(num_blocks=2, width=8)}  # fmt: skip
+    module_options = {"backward_mode": "per_block"}
+    if options.get("detach_between_blocks") is False or strategy == "dt vmap":
+        module_options = {"backward_mode": "joint", "block_execution": "vmap" if strategy == "dt vmap" else "loop"}
+    module = LocalLearningModule(make[strategy](), **module_options)
     with pytest.raises(ConfigurationError, match=message):
         check_block_parallel(module, world_size=2)
 

@@ -123,7 +123,7 @@ def test_fused_keeps_the_hyperparameters():
     ("options", "message"),
     [
         ({"strategy": NoPropCT(width=16, inference_steps=3)}, "does not support NoPropCT"),
-        ({"strategy": NoPropDT(num_blocks=2, width=8, block_execution="vmap")}, "block_execution loop"),
+        ({"strategy": NoPropDT(num_blocks=2, width=8), "block_execution": "vmap"}, "block_execution loop"),
         ({"compile_blocks": True}, "drop model.compile_blocks"),
         ({"nonfinite_loss": "skip"}, "nonfinite_loss error"),
     ],

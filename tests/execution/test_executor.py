@@ -5,7 +5,7 @@ import torch
 
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.executor import Executor
-from lightning_noprop.strategies import NoPropDT
+from lightning_noprop.strategies import NoPropCT, NoPropDT, NoPropFM
 
 from ..helpers import tiny_module
 
@@ -41,4 +41,48 @@ def test_capture_step_fuses_the_optimizers_and_checks_on_the_device():
 
 def test_prepare_refuses_what_capture_cannot_run():
     with pytest.raises(ConfigurationError, match="block_execution"):
-        Executor(capture_step=True).prepare(NoPropDT(num_blocks=2, width=8, block_execution="vmap"), "error")
+        Executor(capture_step=True, block_execution="vmap").prepare(NoPropDT(num_blocks=2, width=8), "error")
+
+
+def test_block_execution_is_the_module_s_and_vmap_needs_a_batched_form():
+    from lightning_noprop.strategies import Backprop
+
+    module = tiny_module(block_execution="vmap")
+    assert module.executor.batches_blocks and module.executor.block_dependency(module.strategy) is None
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    module.strategy.train()
+    torch.manual_seed(0)
+    expected = module.strategy.stacked_block_losses(x, y, [0, 1, 2])
+    torch.manual_seed(0)
+    losses = module.executor.local_losses(module.strategy, x, y, [0, 1, 2])
+    assert [float(r.loss) for r in losses] == [float(r.loss) for r in expected]
+    assert tiny_module().executor.block_dependency(module.strategy) == "independent"
+    with pytest.raises(ConfigurationError, match="Backprop has no batched form: set model.block_execution loop"):
+        tiny_module(strategy=Backprop(num_blocks=2, width=8), block_execution="vmap")
+
+
+@pytest.mark.parametrize(("strategy", "module_options", "expected"), [
+    (lambda: NoPropDT(num_blocks=2, width=8, block_execution="vmap"), {}, {"block_execution": "vmap"}),
+    (lambda: NoPropDT(num_blocks=2, width=8, block_execution="loop"), {}, {"block_execution": "loop"}),
+    (lambda: NoPropDT(num_blocks=2, width=8, block_execution="vmap"), {"block_execution": "vmap"},
+     {"block_execution": "vmap"}),
+    (lambda: NoPropCT(width=8, inference_steps=2, cuda_graph=False), {}, {"sampler_cuda_graph": False}),
+    (lambda: NoPropFM(width=8, inference_steps=2, cuda_graph=True), {}, {"sampler_cuda_graph": True}),
+], ids=["dt-vmap", "dt-loop", "dt-both", "ct-off", "fm-on"])  # fmt: skip
+def test_the_strategies_deprecated_execution_arguments_still_work(strategy, module_options, expected):
+    """Configs and checkpoints written before the Executor set block_execution / cuda_graph on the strategy."""
+    with pytest.deprecated_call(match="is deprecated: set model."):
+        module = tiny_module(strategy=strategy(), **module_options)
+    for name, value in expected.items():
+        assert getattr(module.executor, name) == value
+
+
+@pytest.mark.parametrize(("strategy", "module_options", "message"), [
+    (lambda: NoPropDT(num_blocks=2, width=8, block_execution="loop"), {"block_execution": "vmap"},
+     "model.block_execution is 'vmap' but model.strategy.init_args.block_execution is 'loop'"),
+    (lambda: NoPropCT(width=8, inference_steps=2, cuda_graph=True), {"sampler_cuda_graph": False},
+     "model.sampler_cuda_graph is False but model.strategy.init_args.cuda_graph is True"),
+], ids=["dt", "ct"])  # fmt: skip
+def test_a_deprecated_argument_that_contradicts_the_module_is_refused(strategy, module_options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        tiny_module(strategy=strategy(), **module_options)

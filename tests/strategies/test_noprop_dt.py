@@ -185,10 +185,11 @@ def test_a_learned_schedule_is_shared_by_every_block_and_trained():
 # on such elements although every gradient agrees to float32 precision. In float64 gradients agree to 1e-9.
 def _losses_and_grads(block_execution):
     torch.manual_seed(0)
-    strategy = tiny_dt(dropout=0.0, embedding=LearnedEmbedding(dim=6), block_execution=block_execution).double()
+    strategy = tiny_dt(dropout=0.0, embedding=LearnedEmbedding(dim=6)).double()
     x, y = batch()
     torch.manual_seed(1)
-    losses = list(strategy.local_losses(x.double(), y, range(3)))
+    losses = strategy.stacked_block_losses if block_execution == "vmap" else strategy.local_losses
+    losses = list(losses(x.double(), y, range(3)))
     torch.stack([r.loss for r in losses]).sum().backward()
     grads = {name: p.grad.clone() for name, p in strategy.named_parameters()}
     return [r.loss.item() for r in losses], grads, dict(strategy.named_buffers())
@@ -210,7 +211,7 @@ def test_vmapped_blocks_train_each_block_with_its_own_adamw_to_the_same_weights(
 
     states = []
     for block_execution in ("loop", "vmap"):
-        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0, block_execution=block_execution))
+        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0), block_execution=block_execution)
         trainer(limit_train_batches=3, limit_val_batches=0, precision="64-true").fit(module, synthetic_data())
         assert len(module.trainer.optimizers) == 4, "one AdamW per block plus the shared one, in both modes"
         states.append(module.state_dict())
@@ -222,8 +223,10 @@ def test_vmapped_blocks_train_each_block_with_its_own_adamw_to_the_same_weights(
 def test_vmapped_blocks_need_joint_backward():
     from ..helpers import tiny_module
 
-    with pytest.raises(ValueError, match="backward_mode='joint'"):
-        tiny_module(strategy=NoPropDT(num_blocks=3, width=16, block_execution="vmap"), backward_mode="per_block")
+    with pytest.raises(ValueError, match="block_execution 'vmap' runs the blocks in one graph, which needs backward_mode='joint'"):
+        tiny_module(strategy=NoPropDT(num_blocks=3, width=16), block_execution="vmap", backward_mode="per_block")
+    with pytest.raises(ValueError, match="block_order='every_batch'"):
+        tiny_module(strategy=NoPropDT(num_blocks=3, width=16), block_execution="vmap", block_order="sequential")
 
 
 @pytest.mark.parametrize("learned", [False, True], ids=["one-hot+cosine", "learned-embedding+learned-schedule"])
