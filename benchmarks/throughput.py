@@ -66,6 +66,13 @@ CASES = {
     "noprop_dt joint channels_last bf16-mixed": ("NoPropDT", {}, {"backward_mode": "joint", "channels_last": True},
                                                  "noprop_dt joint"),  # fmt: skip
     "backprop bf16-mixed": ("Backprop", {}, {}, "backprop"),
+    # The CLI's CPU default where the CPU has native bf16 (bf16-mixed with channels_last), eager against captured.
+    "backprop channels_last bf16-mixed": ("Backprop", {}, {"channels_last": True}, "backprop channels_last bf16-mixed"),
+    "backprop channels_last captured bf16-mixed": ("Backprop", {}, {"channels_last": True, "capture_step": True},
+                                                   "backprop channels_last bf16-mixed"),  # fmt: skip
+    "noprop_dt joint channels_last captured bf16-mixed": (
+        "NoPropDT", {}, {"backward_mode": "joint", "channels_last": True, "capture_step": True},
+        "noprop_dt joint channels_last bf16-mixed"),  # fmt: skip
     "noprop_ct eager sampler": ("NoPropCT", {}, {"sampler_cuda_graph": False}, "backprop"),
     "noprop_fm eager sampler": ("NoPropFM", {}, {"sampler_cuda_graph": False}, "backprop"),
     "resnet18 backprop (K=1)": ("BWBPF", {"num_blocks": 1}, {}, "resnet18 backprop (K=1)"),
