@@ -60,6 +60,8 @@ CASES = {
     # logged from the device every log_every_n_steps batches.
     "backprop captured": ("Backprop", {}, {"capture_step": True}, "backprop"),
     "noprop_dt joint captured": ("NoPropDT", {}, {"backward_mode": "joint", "capture_step": True}, "backprop"),
+    "noprop_ct captured": ("NoPropCT", {}, {"capture_step": True}, "backprop"),
+    "noprop_fm captured": ("NoPropFM", {}, {"capture_step": True}, "backprop"),
     # CPU precision: a case named "... bf16-mixed" runs at that precision whatever --precision says.
     # Their ratio column is against float32 NoProp-DT ("noprop_dt joint"), not backprop.
     "noprop_dt joint bf16-mixed": ("NoPropDT", {}, {"backward_mode": "joint"}, "noprop_dt joint"),

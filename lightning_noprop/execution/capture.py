@@ -38,9 +38,12 @@ def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss:
     name = type(strategy).__name__
     if not strategy.capture_units:
         raise ConfigurationError(
-            f"capture_step does not support {name} yet (supported: NoPropDT, Backprop, PlainCNN); set "
-            "model.capture_step false."
+            f"capture_step does not support {name} yet (supported: NoPropDT, NoPropCT, NoPropFM, Backprop, "
+            "PlainCNN); set model.capture_step false."
         )
+    refusal = strategy.capture_refusal()
+    if refusal:
+        raise ConfigurationError(refusal + ".")
     if block_execution != "loop":
         raise ConfigurationError(
             "capture_step compiles NoProp-DT's blocks one at a time: set model.block_execution loop, or "

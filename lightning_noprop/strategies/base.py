@@ -151,6 +151,11 @@ class Strategy(nn.Module, ABC):
         "anytime" prediction), NoProp-CT/FM integrate on a coarser grid. None runs the full inference.
         """
 
+    def capture_refusal(self) -> str | None:
+        """Why the module's ``capture_step`` cannot compile this strategy as configured, and what to change; None
+        when it can (the strategy has ``capture_units`` and nothing in them breaks a compiled backward)."""
+        return None
+
     @property
     def requires_data_init(self) -> bool:
         """True when ``initialize_from_data`` must see the training split before training starts."""

@@ -53,6 +53,7 @@ class NoPropCT(ContinuousTimeStrategy):
 
     # snr_derivative: the analytic and the autograd SNR'(t) are the same value.
     execution_options = (*ContinuousTimeStrategy.execution_options, "inference_noise", "snr_derivative")
+    capture_units = ("continuous_loss",)
 
     def __init__(
         self,
@@ -84,6 +85,15 @@ class NoPropCT(ContinuousTimeStrategy):
         schedule = [p for p in self.noise_schedule.parameters() if p.requires_grad]
         return super().shared_parameters() + schedule
 
+    def capture_refusal(self) -> str | None:
+        # The autograd derivative differentiates inside the loss (create_graph=True), which a compiled backward cannot.
+        if self.snr_derivative == "autograd" or type(self.noise_schedule).snr_derivative is NoiseSchedule.snr_derivative:
+            return ("capture_step compiles NoProp-CT's loss, and SNR'(t) by autograd (snr_derivative 'autograd', or a "
+                    "schedule without a closed-form snr_derivative) differentiates inside it: set "
+                    "model.strategy.init_args.snr_derivative analytic with a schedule that has one (CosineSchedule, "
+                    "LearnedSchedule), or model.capture_step false")  # fmt: skip
+        return None
+
     def snr_prime(self, t: Tensor) -> Tensor:
         """SNR'(t), (B,) for t (B,), by the configured method; differentiable in the schedule's parameters."""
         if self.snr_derivative == "autograd":
@@ -96,10 +106,17 @@ class NoPropCT(ContinuousTimeStrategy):
         return mix_embeddings(self.network_logits(x, z, t, image_features).softmax(dim=-1), embedding)
 
     def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None) -> BlockLoss:
-        embedding = self.embedding.weight
         u = self.embedding(y)
         t = torch.rand(y.shape[0], device=u.device) if t is None else t
         assert t.shape == y.shape, f"t must be (B,) = {tuple(y.shape)}, got {tuple(t.shape)}"
+        loss, ce, kl, denoise = self.continuous_loss(x, y, u, t, self.embedding.weight)
+        return BlockLoss(block=0, loss=loss, terms={"ce": ce, "kl": kl, "denoise": denoise})
+
+    def continuous_loss(self, x: Tensor, y: Tensor, u: Tensor, t: Tensor,
+                        embedding: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        """The CT loss from tensors alone (what ``capture_step`` compiles): x (B, C, H, W), y (B,), u = u_y (B, d),
+        t (B,) the per-sample times, embedding W_Embed (m, d).
+        Returns (loss, detached CE, detached KL, detached denoising term)."""
         # One schedule evaluation for alpha_bar(0), alpha_bar(1) and alpha_bar(t).
         alpha_bar = self.noise_schedule.alpha_bar(torch.cat([torch.linspace(0.0, 1.0, 2, device=t.device, dtype=t.dtype), t]))
         ends = alpha_bar[:2]
@@ -108,8 +125,7 @@ class NoPropCT(ContinuousTimeStrategy):
         denoise = 0.5 * self.eta * (self.snr_prime(t) * error).mean()
         ce = F.cross_entropy(self.head(sample_q(u, ends[1]), embedding), y)
         kl = kl_to_standard_normal(u, ends[0]).mean()
-        return BlockLoss(block=0, loss=ce + kl + denoise,
-                         terms={"ce": ce.detach(), "kl": kl.detach(), "denoise": denoise.detach()})  # fmt: skip
+        return ce + kl + denoise, ce.detach(), kl.detach(), denoise.detach()
 
     def coefficients(self, num_steps: int) -> PosteriorCoefficients:
         """a_k, b_k, c_k of Eq. 3 on the grid t_k = k / N, k = 0..N: each (N,)."""

@@ -41,6 +41,8 @@ class NoPropFM(ContinuousTimeStrategy):
         cuda_graph: deprecated, use the module's ``sampler_cuda_graph`` (see ``ContinuousTimeStrategy``).
     """
 
+    capture_units = ("flow_loss",)
+
     def __init__(
         self,
         embedding: ClassEmbedding | None = None,
@@ -80,26 +82,30 @@ class NoPropFM(ContinuousTimeStrategy):
 
     def loss(self, x: Tensor, y: Tensor, t: Tensor | None = None, z_0: Tensor | None = None) -> BlockLoss:
         """The FM loss at per-sample times t (B,) and starts z_0 (B, d) (drawn when None)."""
-        embedding = self.embedding.weight
         u = self.embedding(y)
         t = torch.rand(y.shape[0], device=u.device) if t is None else t
         z_0 = torch.randn_like(u) if z_0 is None else z_0
         assert t.shape == y.shape and z_0.shape == u.shape, (
             f"t must be (B,) and z_0 (B, d) = {tuple(u.shape)}; got t {tuple(t.shape)}, z_0 {tuple(z_0.shape)}"
         )
+        loss, flow, anchor = self.flow_loss(x, y, u, t, z_0, self.embedding.weight)
+        return BlockLoss(block=0, loss=loss, terms={"flow": flow, **({"anchor": anchor} if self.anchor_loss else {})})
+
+    def flow_loss(self, x: Tensor, y: Tensor, u: Tensor, t: Tensor, z_0: Tensor,
+                  embedding: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
+        """The FM loss from tensors alone (what ``capture_step`` compiles): x (B, C, H, W), y (B,), u = u_y (B, d),
+        t (B,), z_0 (B, d), embedding W_Embed (m, d).
+        Returns (loss, detached flow term, detached anchor term or None without ``anchor_loss``)."""
         s = t.unsqueeze(1)
         z_t = s * u + (1.0 - s) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * torch.randn_like(z_t)
         v = self.velocity(x, z_t, t, embedding)
         flow = (v - (u - z_0)).pow(2).sum(-1).mean()
-        terms = {"flow": flow.detach()}
-        loss = flow
-        if self.anchor_loss:
-            anchor = F.cross_entropy(self.head(z_t + (1.0 - s) * v, embedding), y)
-            terms["anchor"] = anchor.detach()
-            loss = loss + anchor
-        return BlockLoss(block=0, loss=loss, terms=terms)
+        if not self.anchor_loss:
+            return flow, flow.detach(), None
+        anchor = F.cross_entropy(self.head(z_t + (1.0 - s) * v, embedding), y)
+        return flow + anchor, flow.detach(), anchor.detach()
 
     def sample(self, x: Tensor, num_steps: int) -> Tensor:
         """Euler over N = ``num_steps`` steps of dz/dt = v_hat from z_0 ~ N(0, I). Returns z_1 (B, d)."""

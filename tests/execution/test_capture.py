@@ -8,7 +8,9 @@ from lightning.pytorch import Callback
 
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.capture import LogWindow, fused
-from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT
+from lightning_noprop.nn import ResNet
+from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
+from lightning_noprop.strategies import BWBPF, Backprop, NoPropCT, NoPropDT, NoPropFM
 
 from ..helpers import FAST, run, synthetic_data, tiny_module, trainer, user_error
 
@@ -16,7 +18,24 @@ from ..helpers import FAST, run, synthetic_data, tiny_module, trainer, user_erro
 STRATEGIES = {
     "dt": lambda: NoPropDT(num_blocks=3, width=16),
     "backprop": lambda: Backprop(num_blocks=2, width=16),
+    "ct": lambda: NoPropCT(width=16, inference_steps=3),
+    "fm": lambda: NoPropFM(width=16, inference_steps=3),
+    "fm-anchor": lambda: NoPropFM(width=16, inference_steps=3, anchor_loss=True, readout="head"),
 }
+
+
+class _NoClosedForm(CosineSchedule):
+    """A schedule whose SNR'(t) falls back to autograd (the base class's)."""
+
+    snr_derivative = NoiseSchedule.snr_derivative
+
+
+def _module(name: str, **kwargs):
+    """tiny_module with STRATEGIES[name], seeded first: CT's LearnedSchedule draws its weights when constructed."""
+    torch.manual_seed(0)
+    return tiny_module(strategy=STRATEGIES[name](), **kwargs)
+
+
 # 58 training images in batches of 16: every epoch ends with a smaller batch of 10.
 DATA = {"synthetic_size": 90, "val_size": 32}
 
@@ -35,23 +54,23 @@ def test_captured_training_equals_eager_through_a_smaller_batch_and_a_resume(nam
     """Two epochs eager against one captured epoch, a checkpoint, and a captured resume for the second: parameters,
     BatchNorm buffers and optimizer states agree, with dropout on (float64, so that AdamW's division by sqrt(v)
     does not amplify float32 rounding of near-zero gradients into visible steps)."""
-    eager = tiny_module(strategy=STRATEGIES[name]())
+    eager = _module(name)
     eager_trainer = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
     eager_trainer.fit(eager, synthetic_data(**DATA))
     expected = _state(eager, eager_trainer)
 
-    captured = tiny_module(strategy=STRATEGIES[name](), capture_step=True)
+    captured = _module(name, capture_step=True)
     first = trainer(max_epochs=1, limit_val_batches=0, precision="64-true")
     first.fit(captured, synthetic_data(**DATA))
     assert all(o.defaults["fused"] for o in first.optimizers), "capture_step steps with torch's fused kernels"
     first.save_checkpoint(tmp_path / "epoch0.ckpt")
-    resumed = tiny_module(strategy=STRATEGIES[name](), capture_step=True)
+    resumed = _module(name, capture_step=True)
     second = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
     second.fit(resumed, synthetic_data(**DATA), ckpt_path=tmp_path / "epoch0.ckpt")
     assert second.global_step == eager_trainer.global_step == 8 * eager.num_optimizers
     got = _state(resumed, second)
     assert got.keys() == expected.keys()
-    initial = tiny_module(strategy=STRATEGIES[name]()).state_dict()
+    initial = _module(name).state_dict()
     assert any(not torch.equal(initial[k].double(), v.double()) for k, v in expected.items() if k in initial)
     # Every value agrees to 1e-9 but the biases in front of a BatchNorm (and the running means they feed): their
     # gradient is zero up to rounding (~1e-17), which AdamW normalises into steps of up to ~2e-8 over 8 batches,
@@ -70,19 +89,29 @@ class LossesLogged(Callback):
         self.values.append(float(trainer.callback_metrics["train/loss_step"]))
 
 
-def test_captured_bf16_mixed_follows_eager():
+BF16 = {
+    "dt": lambda: NoPropDT(num_blocks=3, width=16, dropout=0.0),
+    "ct": lambda: NoPropCT(width=16, inference_steps=3, dropout=0.0),
+    "fm": lambda: NoPropFM(width=16, inference_steps=3, dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(BF16))
+def test_captured_bf16_mixed_follows_eager(name):
     """Under bf16-mixed the compiled graph rounds at other points than eager autocast does, so the runs are compared
     to bf16's tolerance: the loss of every batch, and the update of the weights over 3 steps."""
     results = {}
     for capture in (False, True):
-        module = tiny_module(strategy=NoPropDT(num_blocks=3, width=16, dropout=0.0), capture_step=capture)
+        torch.manual_seed(0)
+        module = tiny_module(strategy=BF16[name](), capture_step=capture)
         losses = LossesLogged()
         trainer(limit_train_batches=3, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1,
                 callbacks=[losses]).fit(module, synthetic_data())  # fmt: skip
         results[capture] = losses.values, {k: v.float() for k, v in module.state_dict().items()}
     assert len(results[True][0]) == 3
     torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=2e-2, atol=0)
-    initial = {k: v.float() for k, v in tiny_module(strategy=NoPropDT(num_blocks=3, width=16)).state_dict().items()}
+    torch.manual_seed(0)
+    initial = {k: v.float() for k, v in tiny_module(strategy=BF16[name]()).state_dict().items()}
     # AdamW turns bf16 rounding of near-zero gradients into full steps here and there, so elementwise equality is
     # not expected: the two runs' updates of all weights point the same way (cosine), and are as large.
     keys = [k for k in initial if initial[k].is_floating_point() and "running" not in k]
@@ -122,7 +151,9 @@ def test_fused_keeps_the_hyperparameters():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"strategy": NoPropCT(width=16, inference_steps=3)}, "does not support NoPropCT"),
+        ({"strategy": BWBPF(ResNet(18, width=4), num_blocks=2)}, "does not support BWBPF"),
+        ({"strategy": NoPropCT(width=16, inference_steps=3, snr_derivative="autograd")}, "snr_derivative analytic"),
+        ({"strategy": NoPropCT(width=16, inference_steps=3, noise_schedule=_NoClosedForm())}, "snr_derivative analytic"),
         ({"strategy": NoPropDT(num_blocks=2, width=8), "block_execution": "vmap"}, "block_execution loop"),
         ({"compile_blocks": True}, "drop model.compile_blocks"),
         ({"nonfinite_loss": "skip"}, "nonfinite_loss error"),
@@ -133,14 +164,26 @@ def test_what_capture_cannot_run_is_refused(options, message):
         tiny_module(capture_step=True, **options)
 
 
-def test_capture_step_through_the_cli(tmp_path, capsys):
-    run("fit", "--config", "configs/noprop_dt.yaml", *FAST, "--model.capture_step", "true", "--trainer.precision", "64-true",
-        "--model.strategy.init_args.num_blocks", "3", "--model.strategy.init_args.width", "16",
-        "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+SMALL = {"configs/noprop_dt.yaml": ["--model.strategy.init_args.num_blocks", "3", "--model.strategy.init_args.width", "16"],
+         "configs/noprop_ct.yaml": ["--model.strategy.init_args.width", "16", "--model.strategy.init_args.inference_steps",
+                                    "3", "--model.validation_inference_steps", "2"],
+         "configs/noprop_fm.yaml": ["--model.strategy.init_args.width", "16", "--model.strategy.init_args.inference_steps",
+                                    "3", "--model.validation_inference_steps", "2"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", list(SMALL))
+def test_capture_step_through_the_cli(config, tmp_path):
+    cli = run("fit", "--config", config, *FAST, *SMALL[config], "--model.capture_step", "true", "--trainer.precision",
+              "64-true", "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
     assert list(tmp_path.rglob("last.ckpt")), "the captured run wrote its checkpoint"
-    err = user_error(capsys, "fit", "--config", "configs/noprop_ct.yaml", *FAST, "--model.capture_step", "true",
+    assert all(name in vars(cli.model.strategy) for name in cli.model.strategy.capture_units), "compiled units"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_capture_step_refuses_bwbpf_through_the_cli(tmp_path, capsys):
+    err = user_error(capsys, "fit", "--config", "configs/bwbpf.yaml", *FAST, "--model.capture_step", "true",
                      "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
-    assert "capture_step does not support NoPropCT" in err
+    assert "capture_step does not support BWBPF" in err
 
 
 def _seeded_prediction(module, x, steps, seed, eager=False):
