@@ -8,7 +8,7 @@
 #
 # GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled" in a second call) picks what runs:
 # 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
-# capture: capture_step's equality tests, throughput eager against captured (backprop, NoProp-DT), and
+# capture: capture_step's gpu-marked tests (captured inference), throughput eager against captured (backprop, NoProp-DT), and
 #    step_overhead.py's host cost of a batch on the GPU (its last line: captured/eager: R);
 # 2. throughput.py, MNIST-shaped synthetic data, bf16-mixed, in three groups, the most wanted first:
 # fused: backprop against NoProp-DT (loop joint/per_block, vmap), and the same with fused AdamW;
@@ -38,7 +38,8 @@ tp() {  # each group gets its own time limit; its rows are on disk as they are m
 }
 timeout 60 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 if has capture; then  # issue 15: capture_step's tests, eager against captured, the host cost on a compute-free model
-    timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/execution/test_capture.py 2>&1 | tail -5 | tee -a "$out/gpu_tests.txt"
+    # Only the gpu-marked ones: the equality tests train on the CPU (tests/helpers.py) and ran in CI.
+    timeout 90 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/execution/test_capture.py 2>&1 | tail -5 | tee -a "$out/gpu_tests.txt"
     tp 150 backprop "backprop captured" "noprop_dt joint" "noprop_dt joint captured"
     timeout 60 "$py" benchmarks/step_overhead.py --rounds 1 --batches 60 --accelerator "${ACCELERATOR:-gpu}" \
         --out "$out/step_overhead.jsonl" 2>&1 | tail -7 | tee "$out/step_overhead.txt"
