@@ -77,7 +77,7 @@ class LocalLearningModule(LightningModule):
         capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
             blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
             batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
-            (loop), NoPropCT (closed-form SNR'), NoPropFM, Backprop and PlainCNN. On a GPU, inference (validation, test, predict, train/acc) also replays the
+            (loop), NoPropCT (closed-form SNR'), NoPropFM, BWBPF, Backprop and PlainCNN. On a GPU, inference (validation, test, predict, train/acc) also replays the
             strategy's whole prediction as one CUDA graph per batch shape and step count, as NoProp-CT/FM's sampler
             does. The first batches pay the compilation (lightning_noprop/execution/capture.py).
     """

@@ -18,7 +18,9 @@ module replays inference from one CUDA graph of the strategy's prediction (``Loc
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,8 +40,8 @@ def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss:
     name = type(strategy).__name__
     if not strategy.capture_units:
         raise ConfigurationError(
-            f"capture_step does not support {name} yet (supported: NoPropDT, NoPropCT, NoPropFM, Backprop, "
-            "PlainCNN); set model.capture_step false."
+            f"capture_step does not support {name} yet (supported: NoPropDT, NoPropCT, NoPropFM, BWBPF, "
+            "Backprop, PlainCNN); set model.capture_step false."
         )
     refusal = strategy.capture_refusal()
     if refusal:
@@ -66,7 +68,22 @@ def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
         # Dynamic batch size from the start: the epoch's last, smaller batch and evaluation reuse the graph.
         kwargs = {"dynamic": True, **(options or {})}
         kwargs["options"] = {**INDUCTOR_OPTIONS, **kwargs.get("options", {})}
-        setattr(strategy, name, torch.compile(method, **kwargs))
+        setattr(strategy, name, _with_graph_room(torch.compile(method, **kwargs), strategy.capture_graphs))
+
+
+def _with_graph_room(compiled: Callable[..., Any], graphs: int) -> Callable[..., Any]:
+    """``compiled``, allowed the graphs it needs: ``graphs`` shapes of unit (BWBPF: one a block), each for training and
+    for evaluation. Past torch's recompile limit (8 a function) dynamo would run the rest eagerly with a warning."""
+    needed = 2 * graphs + 2
+    if needed <= torch._dynamo.config.recompile_limit:
+        return compiled
+
+    @functools.wraps(compiled)
+    def unit(*args: Any, **kwargs: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=needed):
+            return compiled(*args, **kwargs)
+
+    return unit
 
 
 def fused(optimizer: Optimizer) -> Optimizer:

@@ -151,6 +151,12 @@ class Strategy(nn.Module, ABC):
         "anytime" prediction), NoProp-CT/FM integrate on a coarser grid. None runs the full inference.
         """
 
+    @property
+    def capture_graphs(self) -> int:
+        """How many differently shaped modules the ``capture_units`` run (one graph each): 1 where every block has
+        the same structure (NoProp-DT) or there is one network."""
+        return 1
+
     def capture_refusal(self) -> str | None:
         """Why the module's ``capture_step`` cannot compile this strategy as configured, and what to change; None
         when it can (the strategy has ``capture_units`` and nothing in them breaks a compiled backward)."""

@@ -36,6 +36,7 @@ class BWBPF(Strategy):
 
     loss_terms = ("ce",)
     execution_options = ("average_last_heads",)
+    capture_units = ("block_loss",)
 
     def __init__(
         self,
@@ -81,6 +82,10 @@ class BWBPF(Strategy):
     def block_parameters(self, block: int) -> list[nn.Parameter]:
         return list(self.blocks[block].parameters()) + list(self.heads[block].parameters())
 
+    @property
+    def capture_graphs(self) -> int:
+        return self.num_blocks  # the blocks differ in shape: one graph each
+
     def block_modules(self) -> list[nn.Module]:
         return list(self.blocks) + list(self.heads)
 
@@ -104,13 +109,22 @@ class BWBPF(Strategy):
                     h = block(h)
                 continue
             with self.random_stream(k):
-                h = block(h)
-                logits = self.heads[k](h) if k in active else None
+                if k in active:
+                    h, logits, ce = self.block_loss(block, self.heads[k], h, y)
+                else:
+                    h = block(h)
             if k in active:
-                ce = F.cross_entropy(logits, y)
                 yield BlockLoss(block=k, loss=ce, terms={"ce": ce.detach()}, logits=logits.detach(), output=h.detach())
             if self.detach_between_blocks:
                 h = h.detach()
+
+    @staticmethod
+    def block_loss(block: nn.Module, head: nn.Module, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Block k's local step from modules and tensors alone (what ``capture_step`` compiles): its input h (the
+        images or block k - 1's output), labels y (B,). Returns (h_k = block(h), logits = head(h_k), CE(logits, y))."""
+        h = block(h)
+        logits = head(h)
+        return h, logits, F.cross_entropy(logits, y)
 
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
