@@ -77,9 +77,10 @@ class LocalLearningModule(LightningModule):
         capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
             blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
             batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
-            (loop), NoPropCT (closed-form SNR'), NoPropFM, BWBPF, Backprop and PlainCNN. On a GPU, inference (validation, test, predict, train/acc) also replays the
-            strategy's whole prediction as one CUDA graph per batch shape and step count, as NoProp-CT/FM's sampler
-            does. The first batches pay the compilation (lightning_noprop/execution/capture.py).
+            (loop), NoPropCT (closed-form SNR'), NoPropFM, BWBPF, Backprop and PlainCNN. On a GPU, inference
+            (validation, test, predict, train/acc) also replays the strategy's whole prediction as one CUDA graph per
+            batch shape and step count, as NoProp-CT/FM's sampler does. The first batches pay the compilation
+            (lightning_noprop/execution/capture.py).
     """
 
     #: Options that change how the module runs, logs or evaluates, not what it learns: a checkpoint may be evaluated
@@ -127,8 +128,8 @@ class LocalLearningModule(LightningModule):
                 raise ConfigurationError(f"{name} must be one of {value[1]}, got {value[0]!r}.")
         self.executor = Executor(
             backward_mode, channels_last, compile_blocks, compile_options, capture_step,
-            block_execution=from_strategy(strategy, "block_execution", "block_execution", block_execution, "loop"),
-            sampler_cuda_graph=from_strategy(strategy, "cuda_graph", "sampler_cuda_graph", sampler_cuda_graph, True),
+            block_execution=from_strategy(strategy, "block_execution", "block_execution", block_execution),
+            sampler_cuda_graph=from_strategy(strategy, "cuda_graph", "sampler_cuda_graph", sampler_cuda_graph),
         )  # fmt: skip
         if validation_inference_steps is not None and validation_inference_steps < 1:
             raise ConfigurationError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")

@@ -119,13 +119,13 @@ class Executor:
         return Prediction(logits=logits, z=z)
 
 
-def from_strategy(strategy: Any, old: str, new: str, value: Any, default: Any) -> Any:
-    """The module option ``new`` (given ``value``, default ``default``), or the deprecated strategy argument ``old``
-    that configs and checkpoints written before the Executor set (``model.strategy.init_args.<old>``)."""
+def from_strategy(strategy: Any, old: str, new: str, value: Any) -> Any:
+    """The module option ``new`` (given ``value``; its default is the Executor field's), or the deprecated strategy
+    argument ``old`` that configs and checkpoints from before the Executor set (``model.strategy.init_args.<old>``)."""
     old_value = getattr(strategy, old, None)
     if old_value is None:
         return value
-    if value != default and value != old_value:
+    if value != getattr(Executor, new) and value != old_value:
         raise ConfigurationError(f"model.{new} is {value!r} but model.strategy.init_args.{old} is {old_value!r}: drop "
                                  f"the strategy's {old} (deprecated) and set model.{new} alone.")  # fmt: skip
     rank_zero_deprecation(f"model.strategy.init_args.{old} is deprecated: set model.{new} {old_value!r} instead (it "
