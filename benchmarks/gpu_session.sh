@@ -9,8 +9,9 @@
 # RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled" in a second call) picks what runs. Not
 # GROUPS: bash keeps that name for the user's group ids and silently drops an assignment to it.
 # 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
-# capture: capture_step's gpu-marked tests (captured inference), throughput eager against captured (backprop, NoProp-DT), and
-#    step_overhead.py's host cost of a batch on the GPU (its last line: captured/eager: R);
+# capture: capture_step's gpu-marked tests (captured inference, the whole step's CUDA graph), throughput eager against
+#    captured (backprop, NoProp-DT; captured = the step replayed from its CUDA graph), and step_overhead.py's host cost
+#    of a batch on the GPU (its last line: captured/eager: R);
 # 2. throughput.py, MNIST-shaped synthetic data, bf16-mixed, in three groups, the most wanted first:
 # fused: backprop against NoProp-DT (loop joint/per_block, vmap), and the same with fused AdamW;
 # layout: channels_last on backprop and DT; CT/FM with and without the CUDA-graph sampler at the configs' eval batch;
@@ -42,6 +43,9 @@ timeout 60 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.
 if has capture; then  # issue 15: capture_step's tests, eager against captured, the host cost on a compute-free model
     # Only the gpu-marked ones: the equality tests train on the CPU (tests/helpers.py) and ran in CI.
     timeout 90 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/execution/test_capture.py 2>&1 | tail -5 | tee -a "$out/gpu_tests.txt"
+    # The whole step as one CUDA graph (StepGraph): equal to eager in float64 (DT first), bf16-mixed to its tolerance.
+    timeout 150 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/execution/test_step_graph.py \
+        2>&1 | tail -25 | tee -a "$out/gpu_tests.txt"
     # backprop's captured chain compiles for minutes (one graph of 10 blocks): last, so the DT rows come first.
     tp 150 backprop "noprop_dt joint" "noprop_dt joint captured" "backprop captured"
     timeout 60 "$py" benchmarks/step_overhead.py --rounds 1 --batches 60 --accelerator "${ACCELERATOR:-gpu}" \

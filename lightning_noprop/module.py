@@ -77,10 +77,11 @@ class LocalLearningModule(LightningModule):
         capture_step: compile the training step: each block's loss, forward and backward, as one graph shared by the
             blocks, fused Adam/AdamW/SGD steps, losses kept on the device and logged every ``log_every_n_steps``
             batches (the non-finite check runs then). The same draws and updates as eager (tested); for NoPropDT
-            (loop), NoPropCT (closed-form SNR'), NoPropFM, BWBPF, Backprop and PlainCNN. On a GPU, inference
-            (validation, test, predict, train/acc) also replays the strategy's whole prediction as one CUDA graph per
-            batch shape and step count, as NoProp-CT/FM's sampler does. The first batches pay the compilation
-            (lightning_noprop/execution/capture.py).
+            (loop and vmap), NoPropCT (closed-form SNR'), NoPropFM, BWBPF, Backprop and PlainCNN. On a GPU the whole step
+            (losses, backward, clipping, optimizer steps) is replayed from one CUDA graph per batch signature, and
+            inference (validation, test, predict, train/acc) from one CUDA graph of the strategy's whole prediction
+            per batch shape and step count, as NoProp-CT/FM's sampler is. The first batches pay the compilation
+            (lightning_noprop/execution/capture.py, step_graph.py).
     """
 
     #: Options that change how the module runs, logs or evaluates, not what it learns: a checkpoint may be evaluated

@@ -12,7 +12,7 @@ optimizer step is dispatched from Python, and Lightning logs some 40 values a ba
 - keeps the losses on the device and logs their means every ``trainer.log_every_n_steps`` batches (``LogWindow``),
   where the non-finite-loss check runs too: no host read per batch.
 
-On a GPU the same compiled step runs (a CUDA graph of the whole step is the next stage, not built yet), and the
+On a GPU the whole compiled step is then replayed from one CUDA graph per batch signature (step_graph.py), and the
 module replays inference from one CUDA graph of the strategy's prediction (``LocalLearningModule.predict_batch``).
 """
 
@@ -35,7 +35,7 @@ from lightning_noprop.errors import ConfigurationError
 INDUCTOR_OPTIONS = {"fallback_random": True}
 
 
-def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str, block_execution: str) -> None:
+def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str) -> None:
     """Refuse, with what to change, the combinations ``capture_step`` cannot run."""
     name = type(strategy).__name__
     if not strategy.capture_units:
@@ -46,11 +46,6 @@ def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss:
     refusal = strategy.capture_refusal()
     if refusal:
         raise ConfigurationError(refusal + ".")
-    if block_execution != "loop":
-        raise ConfigurationError(
-            "capture_step compiles NoProp-DT's blocks one at a time: set model.block_execution loop, or "
-            "model.capture_step false."
-        )
     if compile_blocks:
         raise ConfigurationError("capture_step compiles the whole training step already: drop model.compile_blocks.")
     if nonfinite_loss != "error":
@@ -60,15 +55,32 @@ def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss:
         )
 
 
+def unit_compile_kwargs(options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``torch.compile``'s keyword arguments for a capture unit: the user's ``compile_options`` over ours. torch takes
+    a ``mode`` or inductor ``options``, not both, so a mode is spelled out as the options it stands for."""
+    # Dynamic batch size from the start: the epoch's last, smaller batch and evaluation reuse the graph.
+    kwargs = {"dynamic": True, **(options or {})}
+    mode = kwargs.pop("mode", None)
+    try:
+        from_mode = torch._inductor.list_mode_options(mode, kwargs["dynamic"]) if mode is not None else {}
+    except RuntimeError as error:
+        raise ConfigurationError(f"model.compile_options: {error}.") from error
+    kwargs["options"] = {**INDUCTOR_OPTIONS, **from_mode, **kwargs.get("options", {})}
+    return kwargs
+
+
+def inductor_cuda_graphs(options: dict[str, Any] | None) -> bool:
+    """Whether compile options turn on inductor's own CUDA graphs (mode reduce-overhead or max-autotune), which
+    cannot run inside the CUDA graph of a whole step."""
+    return bool(unit_compile_kwargs(options)["options"].get("triton.cudagraphs"))
+
+
 def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
     """Replace each of ``strategy.capture_units`` by its ``torch.compile``d version (an instance attribute)."""
+    kwargs = unit_compile_kwargs(options)
     for name in strategy.capture_units:
-        method = getattr(strategy, name)
-        # inductor's own options merge with the user's (which win: e.g. a mode choosing CUDA graphs on a GPU).
-        # Dynamic batch size from the start: the epoch's last, smaller batch and evaluation reuse the graph.
-        kwargs = {"dynamic": True, **(options or {})}
-        kwargs["options"] = {**INDUCTOR_OPTIONS, **kwargs.get("options", {})}
-        setattr(strategy, name, _with_graph_room(torch.compile(method, **kwargs), strategy.capture_graphs))
+        compiled = torch.compile(getattr(strategy, name), **kwargs)
+        setattr(strategy, name, _with_graph_room(compiled, strategy.capture_graphs))
 
 
 def _with_graph_room(compiled: Callable[..., Any], graphs: int) -> Callable[..., Any]:

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.capture import check_capture_supported, compile_units, fused
+from lightning_noprop.execution.step_graph import StepGraph
 from lightning_noprop.strategies.base import BlockLoss, Prediction
 
 
@@ -44,6 +45,7 @@ class Executor:
             raise ConfigurationError("compile_options only apply with compile_blocks or capture_step true; set one or "
                                      "drop compile_options.")  # fmt: skip
         self._inference_graphs = GraphCache()  # capture_step on a GPU: the predictions' CUDA graphs
+        self.step_graph = StepGraph()  # capture_step on a GPU: the training step's CUDA graphs
 
     @property
     def batches_blocks(self) -> bool:
@@ -74,7 +76,7 @@ class Executor:
             raise ConfigurationError(f"block_execution 'vmap' batches NoProp-DT's blocks; {type(strategy).__name__} "
                                      "has no batched form: set model.block_execution loop.")  # fmt: skip
         if self.capture_step:
-            check_capture_supported(strategy, self.compile_blocks, nonfinite_loss, self.block_execution)
+            check_capture_supported(strategy, self.compile_blocks, nonfinite_loss)
         if self.channels_last:
             strategy.to(memory_format=torch.channels_last)
         if self.compile_blocks:
@@ -98,6 +100,11 @@ class Executor:
         """Whether a batch's losses are checked for NaN/inf on the host each batch (capture_step checks them on the
         device every log_every_n_steps batches instead, with no host read per batch)."""
         return not self.capture_step
+
+    def graphs_step(self, module: Any, x: Tensor) -> bool:
+        """Whether the training batch x replays the whole one-process step from a CUDA graph: under capture_step on a
+        GPU, where the run allows it (``StepGraph.usable``)."""
+        return self.capture_step and self.step_graph.usable(module, x)
 
     def graphs_inference(self, strategy: Any) -> bool:
         """Whether inference on a GPU replays one CUDA graph per call: under capture_step, or for a sampler

@@ -50,12 +50,16 @@ class BlockStreams:
         finally:
             self.batch = None
 
+    def seed(self, block: int, batch: int) -> int:
+        """The seed of ``block``'s stream on training batch ``batch`` (what ``stream`` seeds the generators with)."""
+        return stream_seed(self.run_seed, block, batch, self.replica)
+
     def stream(self, block: int, batch: int | None = None) -> ContextManager[None]:
         """The stream of ``block`` on ``batch`` (default: the current training batch); a no-op outside training."""
         batch = self.batch if batch is None else batch
         if batch is None:
             return nullcontext()
-        return self._seeded(stream_seed(self.run_seed, block, batch, self.replica))
+        return self._seeded(self.seed(block, batch))
 
     @contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:

@@ -49,31 +49,55 @@ class BatchTrainer:
     def train(self, x: Tensor, y: Tensor, batch_idx: int) -> Summary:
         """Train on images x (B, C, H, W) and labels y (B,); returns the summary of the blocks trained."""
         module = self.module
-        optimizers = module._optimizers()
-        num_blocks = module.strategy.num_local_losses
-        shared = optimizers[num_blocks] if len(optimizers) > num_blocks else None
         parallel = module.block_parallel
+        if parallel is None:
+            blocks = module.active_blocks()
+            summary = (module.executor.step_graph.run(self, x, y, blocks) if module.executor.graphs_step(module, x)
+                       else self.train_all(x, y, blocks, self.batches_trained))  # fmt: skip
+            self.batches_trained += 1
+            self._stepped.clear()
+            return summary
+        optimizers = module._optimizers()
+        shared = self._shared_optimizer()
         if shared is not None:
             shared.zero_grad()
-        if parallel is None:
-            summary = summarize(self.train_blocks(x, y, module.active_blocks(), self.batches_trained), y)
-        elif module.executor.block_dependency(module.strategy) == "chain":
+        if module.executor.block_dependency(module.strategy) == "chain":
             summary = self._train_pipeline(parallel, x, y, batch_idx)
         else:
             blocks = parallel.owned(module.active_blocks())
             summary = summarize(self.train_blocks(x, y, blocks, self.batches_trained, defer_errors=True), y)
-        if parallel is not None:
-            summary = self._exchange(parallel, summary, module.strategy.shared_parameters() if shared else [])
-            # Every process counts the optimizer steps one process would make on this batch, so that global_step,
-            # max_steps and checkpoint names agree: the other ranks' blocks, and a pipeline's own blocks in its
-            # bubble, step with no gradient (a no-op).
-            for block in module.active_blocks():
-                if block not in self._stepped:
-                    optimizers[block].step()
+        summary = self._exchange(parallel, summary, module.strategy.shared_parameters() if shared else [])
+        # Every process counts the optimizer steps one process would make on this batch, so that global_step,
+        # max_steps and checkpoint names agree: the other ranks' blocks, and a pipeline's own blocks in its
+        # bubble, step with no gradient (a no-op).
+        for block in module.active_blocks():
+            if block not in self._stepped:
+                optimizers[block].step()
         if shared is not None:
             shared.step()
         self.batches_trained += 1
         self._stepped.clear()
+        return summary
+
+    def _shared_optimizer(self) -> Any:
+        """The optimizer of the shared parameters (head, embedding), or None when the strategy has none."""
+        optimizers, num_blocks = self.module._optimizers(), self.module.strategy.num_local_losses
+        return optimizers[num_blocks] if len(optimizers) > num_blocks else None
+
+    def optimizers_stepped(self, blocks: list[int]) -> list:
+        """The optimizers one process steps on a batch that trains ``blocks``: theirs and the shared one."""
+        optimizers, shared = self.module._optimizers(), self._shared_optimizer()
+        return [optimizers[b] for b in blocks] + ([shared] if shared is not None else [])
+
+    def train_all(self, x: Tensor, y: Tensor, blocks: list[int], batch: int) -> Summary:
+        """One process's step on batch number ``batch``: every block of ``blocks`` forward, backward and step, then
+        the shared parameters' step. (What ``StepGraph`` captures under capture_step on a GPU.)"""
+        shared = self._shared_optimizer()
+        if shared is not None:
+            shared.zero_grad()
+        summary = summarize(self.train_blocks(x, y, blocks, batch), y)
+        if shared is not None:
+            shared.step()
         return summary
 
     def _step(self, block: int) -> None:

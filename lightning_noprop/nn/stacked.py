@@ -19,8 +19,9 @@ from torch.func import functional_call, vmap
 _TEMPLATES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
-def _template(module: nn.Module) -> nn.Module:
-    """A parameter-free (meta-device) copy of ``module`` that functional_call fills with stacked tensors."""
+def stacked_template(module: nn.Module) -> nn.Module:
+    """A parameter-free (meta-device) copy of ``module``, in its train/eval mode, that ``call_stacked`` fills with
+    stacked tensors (made once a module; outside a compiled region, as ``capture_step`` needs)."""
     if module not in _TEMPLATES:
         template = copy.deepcopy(module).to("meta")
         template._compiled_call_impl = None  # a compiled block (compile_blocks) runs eagerly inside vmap
@@ -30,12 +31,14 @@ def _template(module: nn.Module) -> nn.Module:
     return template
 
 
-def call_stacked(modules: Sequence[nn.Module], shared: Tensor, per_module: Tensor) -> Tensor:
+def call_stacked(modules: Sequence[nn.Module], shared: Tensor, per_module: Tensor,
+                 template: nn.Module | None = None) -> Tensor:  # fmt: skip
     """``torch.stack([m(shared, per_module[k]) for k, m in enumerate(modules)])``, computed as one vmapped call.
 
     modules: K modules of identical structure (and train/eval mode); shared: an input every module sees (e.g. the
     images (B, C, H, W)); per_module: (K, ...) one input per module. Returns (K, ...). Dropout draws independent
-    masks per module (``randomness="different"``), from a different RNG sequence than K separate calls.
+    masks per module (``randomness="different"``), from a different RNG sequence than K separate calls. ``template``
+    is ``stacked_template(modules[0])``, made here when not given.
     """
     assert len(modules) == per_module.shape[0], f"{len(modules)} modules but {per_module.shape[0]} inputs"
     names = [name for name, _ in modules[0].named_parameters()]
@@ -44,7 +47,7 @@ def call_stacked(modules: Sequence[nn.Module], shared: Tensor, per_module: Tenso
     all_buffers = [dict(m.named_buffers()) for m in modules]
     params = {name: torch.stack([p[name] for p in all_params]) for name in names}
     buffers = {name: torch.stack([b[name] for b in all_buffers]) for name in buffer_names}
-    template = _template(modules[0])
+    template = stacked_template(modules[0]) if template is None else template
 
     def one(p: dict[str, Tensor], b: dict[str, Tensor], z: Tensor) -> Tensor:
         return functional_call(template, (p, b), (shared, z))

@@ -22,7 +22,7 @@ from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.blocks import denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, check_readout, readout_logits
-from lightning_noprop.nn.stacked import call_stacked
+from lightning_noprop.nn.stacked import call_stacked, stacked_template
 from lightning_noprop.samplers import posterior_chain
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
@@ -72,7 +72,7 @@ class NoPropDT(EmbeddingStrategy):
     """
 
     loss_terms = ("ce", "kl", "denoise")
-    capture_units = ("denoising_loss",)
+    capture_units = ("denoising_loss", "stacked_denoising_loss")
     execution_options = ("inference_noise", "readout", "block_execution")
 
     def __init__(
@@ -187,19 +187,29 @@ class NoPropDT(EmbeddingStrategy):
             with self.random_stream(block):
                 z_prev.append(sample_q(u, alpha_bar[block]))
                 z_last.append(sample_q(u, alpha_bar[-1]))
-        logits = call_stacked([self.blocks[b] for b in blocks], x, torch.stack(z_prev))  # (K, B, m)
-        u_hat = mix_embeddings(logits.softmax(dim=-1), embedding)  # (K, B, d)
+        nets = [self.blocks[b] for b in blocks]
         weights = self.loss_weights(alpha_bar)[list(blocks)]
-        denoise = weights * (u_hat - u).pow(2).sum(-1).mean(-1)  # (K,)
-        z_last = torch.stack(z_last)  # (K, B, d)
-        head_logits = self.head(z_last.flatten(0, 1), embedding)
-        ce = F.cross_entropy(head_logits, y.repeat(len(blocks)), reduction="none").view(len(blocks), -1).mean(-1)
         kl = kl_to_standard_normal(u, alpha_bar[0]).mean()
-        return [
-            BlockLoss(block=b, loss=ce[i] + kl + denoise[i],
-                      terms={"ce": ce[i].detach(), "kl": kl.detach(), "denoise": denoise[i].detach()})
-            for i, b in enumerate(blocks)
-        ]  # fmt: skip
+        loss, ce, denoise = self.stacked_denoising_loss(nets, stacked_template(nets[0]), x, y, u, embedding,
+                                                        torch.stack(z_prev), torch.stack(z_last), weights, kl)  # fmt: skip
+        return [BlockLoss(block=b, loss=loss[i], terms={"ce": ce[i], "kl": kl.detach(), "denoise": denoise[i]})
+                for i, b in enumerate(blocks)]  # fmt: skip
+
+    def stacked_denoising_loss(self, nets: list[nn.Module], template: nn.Module, x: Tensor, y: Tensor, u: Tensor,
+                               embedding: Tensor, z_prev: Tensor, z_last: Tensor, weights: Tensor,
+                               kl: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """Eq. 8 for K blocks ``nets`` at once, from modules and tensors alone (what ``capture_step`` compiles under
+        ``block_execution`` "vmap"): x (B, C, H, W), y (B,), u = u_y (B, d), embedding (m, d), z_prev the blocks'
+        z_{t-1} (K, B, d), z_last their z_T draws (K, B, d), weights (K,), kl the batch-mean KL term (0-d);
+        ``template`` is ``stacked_template(nets[0])``. Returns (L_t, detached CE, detached denoising term), each (K,)."""
+        assert z_prev.shape[0] == len(nets) == weights.shape[0], f"{len(nets)} blocks, z_prev {tuple(z_prev.shape)}"
+        logits = call_stacked(nets, x, z_prev, template)  # (K, B, m)
+        u_hat = mix_embeddings(logits.softmax(dim=-1), embedding)  # (K, B, d)
+        denoise = weights * (u_hat - u).pow(2).sum(-1).mean(-1)  # (K,)
+        k = len(nets)
+        head_logits = self.head(z_last.flatten(0, 1), embedding)
+        ce = F.cross_entropy(head_logits, y.repeat(k), reduction="none").view(k, -1).mean(-1)
+        return ce + kl + denoise, ce.detach(), denoise.detach()
 
     def block_loss(self, x: Tensor, y: Tensor, block: int, shared: SharedTerms | None = None) -> BlockLoss:
         """L_t of Eq. 8 for code index ``block`` = t - 1; ``shared`` supplies the batch's gradient-free parts."""

@@ -7,16 +7,17 @@ import torch
 from lightning.pytorch import Callback
 
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.execution.capture import LogWindow, fused
+from lightning_noprop.execution.capture import LogWindow, fused, unit_compile_kwargs
 from lightning_noprop.nn.backbones import Backbone, near_equal_chunks
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies import BWBPF, Backprop, NoPropCT, NoPropDT, NoPropFM
 
-from ..helpers import FAST, run, synthetic_data, tiny_module, trainer, user_error
+from ..helpers import FAST, run, synthetic_data, tiny_module, trainer
 
 # PlainCNN's unit is its forward, as backprop's chain_loss is: it has the refusal and non-finite tests below.
 STRATEGIES = {
     "dt": lambda: NoPropDT(num_blocks=3, width=16),
+    "dt-vmap": lambda: NoPropDT(num_blocks=3, width=16),  # the blocks as one vmapped call (MODULE_OPTIONS)
     "backprop": lambda: Backprop(num_blocks=2, width=16),
     "ct": lambda: NoPropCT(width=16, inference_steps=3),
     "fm": lambda: NoPropFM(width=16, inference_steps=3),
@@ -55,10 +56,14 @@ class _NoClosedForm(CosineSchedule):
     snr_derivative = NoiseSchedule.snr_derivative
 
 
+#: module options of a STRATEGIES entry
+MODULE_OPTIONS = {"dt-vmap": {"block_execution": "vmap"}}
+
+
 def _module(name: str, **kwargs):
     """tiny_module with STRATEGIES[name], seeded first: CT's LearnedSchedule draws its weights when constructed."""
     torch.manual_seed(0)
-    return tiny_module(strategy=STRATEGIES[name](), **kwargs)
+    return tiny_module(strategy=STRATEGIES[name](), **{**MODULE_OPTIONS.get(name, {}), **kwargs})
 
 
 # 58 training images in batches of 16: every epoch ends with a smaller batch of 10.
@@ -165,6 +170,17 @@ def test_a_captured_run_stops_on_a_non_finite_loss_with_the_blocks_named():
         trainer(max_epochs=3, limit_val_batches=0, log_every_n_steps=2, precision="64-true").fit(module, synthetic_data())
 
 
+def test_a_compile_mode_is_spelled_out_as_inductor_options_beside_ours():
+    """torch.compile takes a mode or options, not both: the mode's options join ours (the user's win)."""
+    kwargs = unit_compile_kwargs({"mode": "max-autotune-no-cudagraphs", "options": {"max_autotune": False}})
+    assert "mode" not in kwargs and kwargs["dynamic"] is True
+    assert kwargs["options"] == {"fallback_random": True, "max_autotune": False, "coordinate_descent_tuning": True}
+    module = tiny_module(capture_step=True, compile_options={"mode": "max-autotune-no-cudagraphs"})
+    assert "denoising_loss" in vars(module.strategy), "compiled (lazily) without torch's mode-and-options error"
+    with pytest.raises(ConfigurationError, match="model.compile_options: Unrecognized mode=fast"):
+        tiny_module(capture_step=True, compile_options={"mode": "fast"})
+
+
 def test_fused_keeps_the_hyperparameters():
     param = torch.nn.Parameter(torch.zeros(3))
     optimizer = fused(torch.optim.AdamW([param], lr=0.01, betas=(0.8, 0.9), weight_decay=0.5))
@@ -179,7 +195,6 @@ def test_fused_keeps_the_hyperparameters():
         ({"strategy": _Uncompilable(num_blocks=2, width=8)}, "does not support _Uncompilable"),
         ({"strategy": NoPropCT(width=16, inference_steps=3, snr_derivative="autograd")}, "snr_derivative analytic"),
         ({"strategy": NoPropCT(width=16, inference_steps=3, noise_schedule=_NoClosedForm())}, "snr_derivative analytic"),
-        ({"strategy": NoPropDT(num_blocks=2, width=8), "block_execution": "vmap"}, "block_execution loop"),
         ({"compile_blocks": True}, "drop model.compile_blocks"),
         ({"nonfinite_loss": "skip"}, "nonfinite_loss error"),
     ],
@@ -190,25 +205,21 @@ def test_what_capture_cannot_run_is_refused(options, message):
 
 
 # FM stands for CT through the CLI (the same one-network path; test_captured_training_equals_eager covers both).
-SMALL = {"configs/noprop_dt.yaml": ["--model.strategy.init_args.num_blocks", "3", "--model.strategy.init_args.width", "16"],
-         "configs/noprop_fm.yaml": ["--model.strategy.init_args.width", "16", "--model.strategy.init_args.inference_steps",
-                                    "3", "--model.validation_inference_steps", "2"]}  # fmt: skip
+SMALL = {
+    "dt": ["--config", "configs/noprop_dt.yaml", "--model.strategy.init_args.num_blocks", "3",
+           "--model.strategy.init_args.width", "16"],
+    "fm": ["--config", "configs/noprop_fm.yaml", "--model.strategy.init_args.width", "16",
+           "--model.strategy.init_args.inference_steps", "3", "--model.validation_inference_steps", "2"],
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("config", list(SMALL))
-def test_capture_step_through_the_cli(config, tmp_path):
-    cli = run("fit", "--config", config, *FAST, *SMALL[config], "--model.capture_step", "true", "--trainer.precision",
-              "64-true", "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+@pytest.mark.parametrize("case", list(SMALL))
+def test_capture_step_through_the_cli(case, tmp_path):
+    cli = run("fit", *SMALL[case], *FAST, "--model.capture_step", "true", "--trainer.precision", "64-true",
+              "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
     assert list(tmp_path.rglob("last.ckpt")), "the captured run wrote its checkpoint"
     assert all(name in vars(cli.model.strategy) for name in cli.model.strategy.capture_units), "compiled units"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-
-
-def test_capture_step_refuses_vmap_through_the_cli(tmp_path, capsys):
-    err = user_error(capsys, "fit", "--config", "configs/noprop_dt.yaml", *FAST, "--model.capture_step", "true",
-                     "--model.block_execution", "vmap", "--trainer.logger.init_args.save_dir",
-                     str(tmp_path))  # fmt: skip
-    assert "capture_step compiles NoProp-DT's blocks one at a time: set model.block_execution loop" in err
 
 
 def _seeded_prediction(module, x, steps, seed, eager=False):

@@ -40,8 +40,8 @@ def test_capture_step_fuses_the_optimizers_and_checks_on_the_device():
 
 
 def test_prepare_refuses_what_capture_cannot_run():
-    with pytest.raises(ConfigurationError, match="block_execution"):
-        Executor(capture_step=True, block_execution="vmap").prepare(NoPropDT(num_blocks=2, width=8), "error")
+    with pytest.raises(ConfigurationError, match="drop model.compile_blocks"):
+        Executor(capture_step=True, compile_blocks=True).prepare(NoPropDT(num_blocks=2, width=8), "error")
 
 
 def test_block_execution_is_the_module_s_and_vmap_needs_a_batched_form():
