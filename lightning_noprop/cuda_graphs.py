@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,13 @@ from torch import Tensor, nn
 Outputs = Tensor | tuple[Tensor | None, ...]
 # A captured graph, the static inputs it reads and the static outputs it writes.
 Captured = tuple[torch.cuda.CUDAGraph, list[Tensor], Outputs]
+
+
+def autocast_without_cache(device: str) -> AbstractContextManager[None]:
+    """The current autocast state on ``device`` with its cache of low-precision weights off: a captured cast must run
+    again at every replay, not be read from a copy cached before the capture."""
+    return torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device),
+                          cache_enabled=False)  # fmt: skip
 
 
 def _clone(outputs: Outputs) -> Outputs:
@@ -93,9 +101,7 @@ class GraphCache:
         # captured while the cache is on would read that copy (freed with the context, and blind to optimizer
         # steps) instead of casting the parameter at each replay, so the cache is off for warm-up and capture.
         # The same rule as torch.cuda.make_graphed_callables, which refuses an autocast context with caching.
-        no_cache = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)  # fmt: skip
-        with no_cache:
+        with autocast_without_cache("cuda"):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):

@@ -15,23 +15,23 @@ shared optimizer steps) once per batch signature and replays it for each new bat
   by value (lr, weight decay, ...) are part of the graph's key: an epoch-interval lr schedule captures again after
   each change. Lightning counts each replayed optimizer step as it counts an eager one.
 - What cannot be replayed falls back to the compiled step with one warning: several processes (DDP), precision
-  16-mixed (its GradScaler
-  reads the gradients on the host), a per-batch lr schedule, an optimizer without a fused or capturable step,
-  compile options with inductor's own CUDA graphs, or a capture that fails.
+  16-mixed (its GradScaler reads the gradients on the host), a per-batch lr schedule, an optimizer without a fused
+  or capturable step, compile options with inductor's own CUDA graphs, or a capture that fails.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from lightning.pytorch.core.optimizer import do_nothing_closure
 from torch import Tensor
 
+from lightning_noprop.cuda_graphs import autocast_without_cache
 from lightning_noprop.execution.capture import inductor_cuda_graphs
 
 
@@ -102,7 +102,7 @@ class _GraphStreams:
     def training_batch(self, batch: int) -> Iterator[None]:
         yield
 
-    def stream(self, block: int, batch: int | None = None) -> ContextManager[None]:
+    def stream(self, block: int, batch: int | None = None) -> AbstractContextManager[None]:
         return self.backend.stream(self.states[block])
 
 
@@ -166,7 +166,7 @@ class StepGraph:
                      torch.get_autocast_dtype(device))  # fmt: skip
         # Autocast's cache is off for every batch of the graph path, warm-up included: the compiled units' guards
         # include it, so a capture with other settings than the warm-up's would compile again inside the capture.
-        with self.backend.on_stream(), _no_autocast_cache(device):
+        with self.backend.on_stream(), autocast_without_cache(device):
             if signature not in self._warm:
                 self._warm.add(signature)
                 return trainer.train_all(x, y, blocks, batch)
@@ -199,10 +199,7 @@ class StepGraph:
         strategy = trainer.module.strategy
 
         def step() -> Any:
-            with ExitStack() as stack:
-                stack.enter_context(_uncounted(optimizers))
-                stack.enter_context(_capturable(optimizers))
-                stack.enter_context(_streams(strategy, streams))
+            with _uncounted(optimizers), _capturable(optimizers), _streams(strategy, streams):
                 return trainer.train_all(static_x, static_y, blocks, trainer.batches_trained)
 
         try:
@@ -259,9 +256,3 @@ def _streams(strategy: Any, streams: _GraphStreams) -> Iterator[None]:
     finally:
         strategy.streams = eager
 
-
-def _no_autocast_cache(device: str) -> ContextManager[None]:
-    """Autocast's cache of low-precision weights off: a captured cast must run again at every replay (as in
-    ``GraphCache``), not be read from a copy cached before the capture."""
-    return torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device),
-                          cache_enabled=False)  # fmt: skip
