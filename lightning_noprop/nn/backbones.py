@@ -15,6 +15,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.nn.pooling import MaxPool2d
 
 
 def near_equal_chunks(items: list, n: int) -> list[list]:
@@ -130,7 +131,7 @@ class ResNet(Backbone):
                                  nn.ReLU(inplace=True))  # fmt: skip
         else:
             stem = nn.Sequential(nn.Conv2d(in_channels, self.width, 7, 2, 3, bias=False), nn.BatchNorm2d(self.width),
-                                 nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))  # fmt: skip
+                                 nn.ReLU(inplace=True), MaxPool2d(3, 2, 1))  # fmt: skip
         stages: list[list[nn.Module]] = [[stem]]
         channels = self.width
         for i, count in enumerate(counts):
@@ -185,7 +186,7 @@ class VGG(Backbone):
                 units.append(nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width),
                                            nn.ReLU(inplace=True)))  # fmt: skip
                 channels = width
-            units.append(nn.MaxPool2d(2))
+            units.append(MaxPool2d(2))
             stages.append(units)
         return stages
 

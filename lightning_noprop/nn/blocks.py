@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.nn.pooling import MaxPool2d
 from lightning_noprop.nn.time_embedding import SinusoidalTimeEmbedding
 
 
@@ -24,9 +25,9 @@ class ConvEncoder(nn.Sequential):
         channels, height, width = image_shape
         flat = 128 * (height // 4) * (width // 4)
         super().__init__(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), MaxPool2d(2), nn.Dropout(dropout),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout(dropout),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), MaxPool2d(2), nn.Dropout(dropout),
             nn.Flatten(), nn.Linear(flat, out_features),
             nn.BatchNorm1d(out_features) if batch_norm else nn.ReLU(),
         )  # fmt: skip
