@@ -34,6 +34,12 @@ from lightning_noprop.errors import ConfigurationError
 #: captured step draws the numbers the eager step draws from the same per-block stream.
 INDUCTOR_OPTIONS = {"fallback_random": True}
 
+#: inductor options of a unit compiled for a CPU, beside INDUCTOR_OPTIONS: the memory layout eager runs in
+#: (``model.channels_last`` chooses it). Inductor would otherwise turn every convolution channels-last on a CPU and
+#: transpose around the ones eager runs contiguous; on a NoProp-DT block at batch 128 that costs about 15% of the
+#: step (RESULTS.md section 23).
+CPU_INDUCTOR_OPTIONS = {"layout_optimization": False}
+
 
 def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss: str) -> None:
     """Refuse, with what to change, the combinations ``capture_step`` cannot run."""
@@ -55,9 +61,10 @@ def check_capture_supported(strategy: Any, compile_blocks: bool, nonfinite_loss:
         )
 
 
-def unit_compile_kwargs(options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``torch.compile``'s keyword arguments for a capture unit: the user's ``compile_options`` over ours. torch takes
-    a ``mode`` or inductor ``options``, not both, so a mode is spelled out as the options it stands for."""
+def unit_compile_kwargs(options: dict[str, Any] | None = None, device_type: str = "cuda") -> dict[str, Any]:
+    """``torch.compile``'s keyword arguments for a capture unit run on ``device_type``: the user's
+    ``compile_options`` over ours. torch takes a ``mode`` or inductor ``options``, not both, so a mode is spelled out
+    as the options it stands for."""
     # Dynamic batch size from the start: the epoch's last, smaller batch and evaluation reuse the graph.
     kwargs = {"dynamic": True, **(options or {})}
     mode = kwargs.pop("mode", None)
@@ -65,7 +72,8 @@ def unit_compile_kwargs(options: dict[str, Any] | None = None) -> dict[str, Any]
         from_mode = torch._inductor.list_mode_options(mode, kwargs["dynamic"]) if mode is not None else {}
     except RuntimeError as error:
         raise ConfigurationError(f"model.compile_options: {error}.") from error
-    kwargs["options"] = {**INDUCTOR_OPTIONS, **from_mode, **kwargs.get("options", {})}
+    ours = {**INDUCTOR_OPTIONS, **(CPU_INDUCTOR_OPTIONS if device_type == "cpu" else {})}
+    kwargs["options"] = {**ours, **from_mode, **kwargs.get("options", {})}
     return kwargs
 
 
@@ -77,10 +85,26 @@ def inductor_cuda_graphs(options: dict[str, Any] | None) -> bool:
 
 def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
     """Replace each of ``strategy.capture_units`` by its ``torch.compile``d version (an instance attribute)."""
-    kwargs = unit_compile_kwargs(options)
+    unit_compile_kwargs(options)  # a bad option fails here, when the module is built, not at the first batch
     for name in strategy.capture_units:
-        compiled = torch.compile(getattr(strategy, name), **kwargs)
-        setattr(strategy, name, _with_graph_room(compiled, strategy.capture_graphs))
+        setattr(strategy, name, CompiledUnit(getattr(strategy, name), options, strategy.capture_graphs))
+
+
+class CompiledUnit:
+    """``unit`` compiled by ``torch.compile`` when first called on a device type (its first tensor argument's), with
+    that device's options (``unit_compile_kwargs``), and allowed ``graphs`` shapes (``_with_graph_room``)."""
+
+    def __init__(self, unit: Callable[..., Any], options: dict[str, Any] | None, graphs: int) -> None:
+        self.unit, self.options, self.graphs = unit, options, graphs
+        self.compiled: dict[str, Callable[..., Any]] = {}
+        functools.update_wrapper(self, unit)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        device_type = next(a.device.type for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+        if device_type not in self.compiled:
+            compiled = torch.compile(self.unit, **unit_compile_kwargs(self.options, device_type))
+            self.compiled[device_type] = _with_graph_room(compiled, self.graphs)
+        return self.compiled[device_type](*args, **kwargs)
 
 
 def _with_graph_room(compiled: Callable[..., Any], graphs: int) -> Callable[..., Any]:

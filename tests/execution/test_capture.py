@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.execution.capture import LogWindow, fused, unit_compile_kwargs
+from lightning_noprop.execution.capture import CompiledUnit, LogWindow, fused, unit_compile_kwargs
 from lightning_noprop.nn.backbones import Backbone, near_equal_chunks
 from lightning_noprop.schedules import CosineSchedule, NoiseSchedule
 from lightning_noprop.strategies import BWBPF, Backprop, NoPropCT, NoPropDT, NoPropFM
@@ -179,6 +179,20 @@ def test_a_compile_mode_is_spelled_out_as_inductor_options_beside_ours():
     assert "denoising_loss" in vars(module.strategy), "compiled (lazily) without torch's mode-and-options error"
     with pytest.raises(ConfigurationError, match="model.compile_options: Unrecognized mode=fast"):
         tiny_module(capture_step=True, compile_options={"mode": "fast"})
+
+
+def test_a_unit_compiles_per_device_and_keeps_eagers_memory_layout_on_a_cpu(monkeypatch):
+    """On a CPU inductor would turn every convolution channels-last and transpose around it (RESULTS.md section 23):
+    a unit compiled for a CPU keeps the layout eager runs in, one compiled for a GPU keeps inductor's choice."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda unit, **kwargs: seen.append(kwargs) or unit)
+    unit = CompiledUnit(lambda x: x * 2, {"options": {"max_autotune": False}}, graphs=1)
+    assert not seen, "compiled when first called, on its inputs' device"
+    assert torch.equal(unit(torch.ones(2)), torch.full((2,), 2.0)) and torch.equal(unit(torch.ones(3)), torch.full((3,), 2.0))
+    assert len(seen) == 1 and list(unit.compiled) == ["cpu"]
+    assert seen[0]["options"] == {"fallback_random": True, "layout_optimization": False, "max_autotune": False}
+    assert "layout_optimization" not in unit_compile_kwargs(None, "cuda")["options"]
+    assert unit_compile_kwargs({"options": {"layout_optimization": True}}, "cpu")["options"]["layout_optimization"]
 
 
 def test_fused_keeps_the_hyperparameters():
