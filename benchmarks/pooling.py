@@ -1,11 +1,13 @@
-"""Why MaxPool2d stays ATen's kernel in a CPU compile: one NoProp-DT image encoder, eager and compiled.
+"""Why capture_step's CPU graphs keep ATen's pooling and eager's memory layout: one NoProp-DT image encoder.
 
     python benchmarks/pooling.py --batch 128 --repeats 8
 
 Times one forward and backward of the paper's image encoder (Fig. 6, ``ConvEncoder``, 1x28x28, eval mode so that
-dropout draws nothing) on one thread: eager with ``nn.MaxPool2d``, ``torch.compile``d with ``nn.MaxPool2d``
-(inductor generates the pooling loops) and compiled with the project's ``MaxPool2d`` (ATen's kernel through an
-opaque custom op, lightning_noprop/nn/pooling.py). Prints a markdown table in ms (median of --rounds rounds).
+dropout draws nothing) on one thread: eager with ``nn.MaxPool2d``; compiled as capture_step compiles for a CPU
+(``unit_compile_kwargs(None, "cpu")``) with ``nn.MaxPool2d`` (inductor generates the pooling loops) and with the
+project's ``MaxPool2d`` (ATen's kernel through an opaque custom op, lightning_noprop/nn/pooling.py); and the latter
+with inductor's own layout choice (``layout_optimization`` on: every convolution channels-last). Prints a markdown
+table in ms (median of --rounds rounds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provenance import commit, hardware  # noqa: E402
 
+from lightning_noprop.execution.capture import unit_compile_kwargs  # noqa: E402
 from lightning_noprop.nn.blocks import ConvEncoder  # noqa: E402
 from lightning_noprop.nn.pooling import MaxPool2d  # noqa: E402
 
@@ -59,10 +62,14 @@ def main() -> None:
     torch.manual_seed(0)
     encoder = ConvEncoder((1, 28, 28)).eval()
     x = torch.randn(args.batch, 1, 28, 28)
+    cpu = unit_compile_kwargs(None, "cpu")
+    inductors_layout = {**cpu, "options": {**cpu["options"], "layout_optimization": True}}
     cases = {
         "eager, nn.MaxPool2d": with_pooling(encoder, nn.MaxPool2d),
-        "compiled, nn.MaxPool2d (inductor's pooling)": torch.compile(with_pooling(encoder, nn.MaxPool2d)),
-        "compiled, MaxPool2d (ATen's pooling)": torch.compile(with_pooling(encoder, MaxPool2d)),
+        "compiled, nn.MaxPool2d (inductor's pooling)": torch.compile(with_pooling(encoder, nn.MaxPool2d), **cpu),
+        "compiled, MaxPool2d (ATen's pooling): capture_step's": torch.compile(with_pooling(encoder, MaxPool2d), **cpu),
+        "compiled, MaxPool2d, inductor's layout (channels-last convolutions)": torch.compile(
+            with_pooling(encoder, MaxPool2d), **inductors_layout),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):
