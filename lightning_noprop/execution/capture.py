@@ -36,8 +36,8 @@ INDUCTOR_OPTIONS = {"fallback_random": True}
 
 #: inductor options of a unit compiled for a CPU, beside INDUCTOR_OPTIONS: the memory layout eager runs in
 #: (``model.channels_last`` chooses it). Inductor would otherwise turn every convolution channels-last on a CPU and
-#: transpose around the ones eager runs contiguous; on a NoProp-DT block at batch 128 that costs about 15% of the
-#: step (RESULTS.md section 23).
+#: transpose around them where eager runs contiguous: 274 against 253 ms for NoProp-DT's image encoder at batch 128
+#: (RESULTS.md section 23a).
 CPU_INDUCTOR_OPTIONS = {"layout_optimization": False}
 
 

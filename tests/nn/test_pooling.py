@@ -10,7 +10,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lightning_noprop.nn import VGG, DenoisingBlock, ResNet, TimeConditionedBlock
 from lightning_noprop.nn.pooling import MaxPool2d, max_pool2d
 
-CASES = {"2": dict(kernel_size=2), "3-2-1": dict(kernel_size=3, stride=2, padding=1), "3-ceil": dict(kernel_size=3, ceil_mode=True)}
+CASES = {
+    "2": {"kernel_size": 2},
+    "3-2-1": {"kernel_size": 3, "stride": 2, "padding": 1},
+    "3-ceil": {"kernel_size": 3, "ceil_mode": True},
+}
 
 
 def _graph_ops(module: nn.Module, x: torch.Tensor) -> str:
