@@ -85,9 +85,20 @@ def inductor_cuda_graphs(options: dict[str, Any] | None) -> bool:
 
 def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
     """Replace each of ``strategy.capture_units`` by its ``torch.compile``d version (an instance attribute)."""
-    unit_compile_kwargs(options)  # a bad option fails here, when the module is built, not at the first batch
+    for device_type in ("cpu", "cuda"):  # a bad option fails here, when the module is built, not at the first batch
+        _check_compile_kwargs(unit_compile_kwargs(options, device_type))
     for name in strategy.capture_units:
         setattr(strategy, name, CompiledUnit(getattr(strategy, name), options, strategy.capture_graphs))
+
+
+def _check_compile_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse, in one line, what ``torch.compile`` would refuse at the first batch: an unknown keyword or option."""
+    try:
+        torch.compile(lambda: None, **kwargs)  # only checks its arguments: nothing is compiled until a call
+    except (RuntimeError, TypeError) as error:
+        message = str(error).split(", known options are")[0]  # torch appends every option's name
+        raise ConfigurationError(f"model.compile_options: {message} (torch._inductor.list_options() lists the "
+                                 "inductor options).") from error  # fmt: skip
 
 
 class CompiledUnit:

@@ -179,6 +179,11 @@ def test_a_compile_mode_is_spelled_out_as_inductor_options_beside_ours():
     assert "denoising_loss" in vars(module.strategy), "compiled (lazily) without torch's mode-and-options error"
     with pytest.raises(ConfigurationError, match="model.compile_options: Unrecognized mode=fast"):
         tiny_module(capture_step=True, compile_options={"mode": "fast"})
+    # The units compile at their first call: a bad option is still refused when the module is built, in one line.
+    with pytest.raises(ConfigurationError, match=r"model.compile_options: Unexpected optimization option no_such \("):
+        tiny_module(capture_step=True, compile_options={"options": {"no_such": 1}})
+    with pytest.raises(ConfigurationError, match="model.compile_options: .*unexpected keyword argument 'fullgraf'"):
+        tiny_module(capture_step=True, compile_options={"fullgraf": True})
 
 
 def test_a_unit_compiles_per_device_and_keeps_eagers_memory_layout_on_a_cpu(monkeypatch):
