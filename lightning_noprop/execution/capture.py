@@ -84,9 +84,9 @@ def inductor_cuda_graphs(options: dict[str, Any] | None) -> bool:
 
 
 def compile_units(strategy: Any, options: dict[str, Any] | None = None) -> None:
-    """Replace each of ``strategy.capture_units`` by its ``torch.compile``d version (an instance attribute)."""
-    for device_type in ("cpu", "cuda"):  # a bad option fails here, when the module is built, not at the first batch
-        _check_compile_kwargs(unit_compile_kwargs(options, device_type))
+    """Replace each of ``strategy.capture_units`` by a ``CompiledUnit`` (an instance attribute), which compiles it at
+    its first call."""
+    _check_compile_kwargs(unit_compile_kwargs(options))  # a bad option fails here, not at the first batch
     for name in strategy.capture_units:
         setattr(strategy, name, CompiledUnit(getattr(strategy, name), options, strategy.capture_graphs))
 

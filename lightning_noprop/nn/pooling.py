@@ -17,22 +17,14 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 
-@torch.library.custom_op("lightning_noprop::max_pool2d", mutates_args=())
-def max_pool2d(
+def _max_pool2d(
     x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int], ceil_mode: bool
 ) -> tuple[Tensor, Tensor]:
     """ATen's ``max_pool2d_with_indices``: (B, C, H, W) or (C, H, W) -> (pooled, indices of the maxima)."""
     return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-@max_pool2d.register_fake
-def _(x, kernel_size, stride, padding, dilation, ceil_mode):
-    # ATen's meta kernel gives the shapes and the strides (channels-last included) the real kernel returns.
-    return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
-
-
-@torch.library.custom_op("lightning_noprop::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward(
+def _max_pool2d_backward(
     grad: Tensor, x: Tensor, indices: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
     dilation: list[int], ceil_mode: bool,
 ) -> Tensor:  # fmt: skip
@@ -41,10 +33,13 @@ def max_pool2d_backward(
                                                            indices)  # fmt: skip
 
 
-@max_pool2d_backward.register_fake
-def _(grad, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel_size, stride, padding, dilation, ceil_mode,
-                                                           indices)  # fmt: skip
+# The same functions are the fake (shape) kernels: on fake tensors ATen's meta kernels give the shapes and strides
+# (channels-last included) the real kernels return.
+max_pool2d = torch.library.custom_op("lightning_noprop::max_pool2d", _max_pool2d, mutates_args=())
+max_pool2d.register_fake(_max_pool2d)
+max_pool2d_backward = torch.library.custom_op("lightning_noprop::max_pool2d_backward", _max_pool2d_backward,
+                                              mutates_args=())  # fmt: skip
+max_pool2d_backward.register_fake(_max_pool2d_backward)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
