@@ -6,7 +6,7 @@
 # Needs the requirements installed (on a lent machine without jsonargparse: its wheels, as the developers' guide
 # says). PYTHON picks the interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
-# RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled" in a second call) picks what runs. Not
+# RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled vmap" in a second call) picks what runs. Not
 # GROUPS: bash keeps that name for the user's group ids and silently drops an assignment to it.
 # 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
 # capture: capture_step's gpu-marked tests (captured inference, the whole step's CUDA graph), throughput eager against
@@ -15,7 +15,8 @@
 # 2. throughput.py, MNIST-shaped synthetic data, bf16-mixed, in three groups, the most wanted first:
 # fused: backprop against NoProp-DT (loop joint/per_block, vmap), and the same with fused AdamW;
 # layout: channels_last on backprop and DT; CT/FM with and without the CUDA-graph sampler at the configs' eval batch;
-# compiled: compile_blocks on backprop and DT.
+# compiled: compile_blocks on backprop and DT;
+# vmap: NoProp-DT's blocks as one vmapped call, eager and captured, against the loop.
 # throughput.py writes each case's line to OUT_DIR/throughput.jsonl as soon as it is measured, so a group cut by
 # its time limit keeps what it measured. Record the tables in RESULTS.md.
 #
@@ -32,7 +33,7 @@ out=$(realpath "$out")
 py=${PYTHON:-python3}
 cd "$(dirname "$0")/.." || exit 1
 
-groups=" ${RUN_GROUPS:-capture fused} "  # a second call can take the rest: RUN_GROUPS="layout compiled"
+groups=" ${RUN_GROUPS:-capture fused} "  # a second call can take the rest: RUN_GROUPS="layout compiled vmap"
 echo "gpu_session.sh groups:$groups" | tee "$out/groups.txt"
 has() { [[ $groups == *" $1 "* ]]; }
 tp() {  # each group gets its own time limit; its rows are on disk as they are measured
@@ -49,6 +50,7 @@ if has capture; then  # issue 15: capture_step's tests, eager against captured, 
     # backprop's captured chain compiles for minutes (one graph of 10 blocks): last, so the DT rows come first.
     tp 150 backprop "noprop_dt joint" "noprop_dt joint captured" "backprop captured"
     timeout 60 "$py" benchmarks/step_overhead.py --rounds 1 --batches 60 --accelerator "${ACCELERATOR:-gpu}" \
+        --cases "NoProp-DT eager" "NoProp-DT captured" "backprop eager" "backprop captured" "kernel floor" \
         --out "$out/step_overhead.jsonl" 2>&1 | tail -7 | tee "$out/step_overhead.txt"
 fi
 has fused && tp 150 backprop "noprop_dt joint" "noprop_dt per_block" "noprop_dt vmap" "backprop fused" \
@@ -56,4 +58,6 @@ has fused && tp 150 backprop "noprop_dt joint" "noprop_dt per_block" "noprop_dt 
 has layout && tp 180 backprop "backprop channels_last" "noprop_dt joint channels_last" "noprop_dt per_block channels_last" \
     noprop_ct noprop_fm "noprop_ct eager sampler" "noprop_fm eager sampler"
 has compiled && tp 130 backprop "backprop compiled" "noprop_dt joint compiled"
+# The blocks as one vmapped call, captured: on an H100 the grouped convolutions take 0.33-0.55x of the ten (section 14).
+has vmap && tp 150 "noprop_dt joint" "noprop_dt vmap" "noprop_dt vmap captured"
 exit 0

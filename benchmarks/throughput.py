@@ -60,6 +60,8 @@ CASES = {
     # logged from the device every log_every_n_steps batches.
     "backprop captured": ("Backprop", {}, {"capture_step": True}, "backprop"),
     "noprop_dt joint captured": ("NoPropDT", {}, {"backward_mode": "joint", "capture_step": True}, "backprop"),
+    "noprop_dt vmap captured": ("NoPropDT", {}, {"backward_mode": "joint", "block_execution": "vmap", "capture_step": True},
+                                "backprop"),  # fmt: skip
     "noprop_ct captured": ("NoPropCT", {}, {"capture_step": True}, "backprop"),
     "noprop_fm captured": ("NoPropFM", {}, {"capture_step": True}, "backprop"),
     # CPU precision: a case named "... bf16-mixed" runs at that precision whatever --precision says.

@@ -19,12 +19,36 @@ from torch.func import functional_call, vmap
 _TEMPLATES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
+class StackedDropout(nn.Dropout):
+    """``nn.Dropout`` for the vmapped blocks: the input where a uniform draw is below 1 - p, divided by 1 - p, else 0.
+
+    ``F.dropout``'s batching rule cannot be traced with a symbolic batch size (torch 2.14: "Cannot call numel() on
+    tensor with symbolic sizes"), so capture_step ran the whole vmapped loss eagerly; a Bernoulli mask
+    (``bernoulli_``) compiles but inductor draws other numbers than eager. ``torch.rand`` is drawn by inductor's
+    ``fallback_random`` as eager draws it, so the compiled step makes the eager step's updates (tested)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        keep = 1 - self.p
+        # A contiguous draw whatever x's strides (inductor may lay a convolution's output out channels-last): the
+        # same numbers land on the same elements as in eager.
+        return x * (torch.rand(x.shape, dtype=x.dtype, device=x.device) < keep) / keep
+
+
 def stacked_template(module: nn.Module) -> nn.Module:
     """A parameter-free (meta-device) copy of ``module``, in its train/eval mode, that ``call_stacked`` fills with
-    stacked tensors (made once a module; outside a compiled region, as ``capture_step`` needs)."""
+    stacked tensors (made once a module; outside a compiled region, as ``capture_step`` needs). Its dropout layers
+    are ``StackedDropout``."""
     if module not in _TEMPLATES:
         template = copy.deepcopy(module).to("meta")
         template._compiled_call_impl = None  # a compiled block (compile_blocks) runs eagerly inside vmap
+        for parent in list(template.modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.Dropout:
+                    setattr(parent, name, StackedDropout(child.p))
         _TEMPLATES[module] = template
     template = _TEMPLATES[module]
     template.train(module.training)
