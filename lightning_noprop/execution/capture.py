@@ -103,7 +103,7 @@ def _check_compile_kwargs(kwargs: dict[str, Any]) -> None:
 
 class CompiledUnit:
     """``unit`` compiled by ``torch.compile`` when first called on a device type (its first tensor argument's), with
-    that device's options (``unit_compile_kwargs``), and allowed ``graphs`` shapes (``_with_graph_room``)."""
+    that device's options (``unit_compile_kwargs``), and allowed ``graphs`` shapes (``with_graph_room``)."""
 
     def __init__(self, unit: Callable[..., Any], options: dict[str, Any] | None, graphs: int) -> None:
         self.unit, self.options, self.graphs = unit, options, graphs
@@ -114,11 +114,11 @@ class CompiledUnit:
         device_type = next(a.device.type for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
         if device_type not in self.compiled:
             compiled = torch.compile(self.unit, **unit_compile_kwargs(self.options, device_type))
-            self.compiled[device_type] = _with_graph_room(compiled, self.graphs)
+            self.compiled[device_type] = with_graph_room(compiled, self.graphs)
         return self.compiled[device_type](*args, **kwargs)
 
 
-def _with_graph_room(compiled: Callable[..., Any], graphs: int) -> Callable[..., Any]:
+def with_graph_room(compiled: Callable[..., Any], graphs: int) -> Callable[..., Any]:
     """``compiled``, allowed the graphs it needs: ``graphs`` shapes of unit (BWBPF: one a block), each for training and
     for evaluation. Past torch's recompile limit (8 a function) dynamo would run the rest eagerly with a warning."""
     needed = 2 * graphs + 2

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from lightning_noprop.cuda_graphs import GraphCache
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.execution.capture import check_capture_supported, compile_units, fused
+from lightning_noprop.execution.capture import check_capture_supported, compile_units, fused, with_graph_room
 from lightning_noprop.execution.step_graph import StepGraph
 from lightning_noprop.strategies.base import BlockLoss, Prediction
 
@@ -80,8 +80,13 @@ class Executor:
         if self.channels_last:
             strategy.to(memory_format=torch.channels_last)
         if self.compile_blocks:
-            for block in strategy.block_modules():
+            blocks = strategy.block_modules()
+            for block in blocks:
                 block.compile(**(self.compile_options or {}))
+                # Every compiled module runs one code object (Module._call_impl), so all blocks share dynamo's
+                # recompile limit (8): BWBPF's blocks and heads differ in shape, and past the limit the rest ran
+                # eagerly. Each may need a graph for training and evaluation, static and then dynamic.
+                block._compiled_call_impl = with_graph_room(block._compiled_call_impl, 2 * len(blocks))
         if self.capture_step:
             compile_units(strategy, self.compile_options)
 

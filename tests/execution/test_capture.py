@@ -313,16 +313,16 @@ def test_captured_inference_replays_the_eager_prediction_on_gpu(name):
 def test_a_unit_with_many_shapes_gets_the_graphs_it_needs():
     """BWBPF's K blocks are K graphs, each for training and evaluation: past dynamo's recompile limit (8 a function)
     the rest would run eagerly with a warning, so the unit is allowed what it needs."""
-    from lightning_noprop.execution.capture import _with_graph_room
+    from lightning_noprop.execution.capture import with_graph_room
 
     def double(x):
         return x * 2
 
     torch._dynamo.reset()
     counters.clear()
-    unit = _with_graph_room(torch.compile(double, backend="eager", dynamic=False), graphs=6)
+    unit = with_graph_room(torch.compile(double, backend="eager", dynamic=False), graphs=6)
     for size in range(1, 13):  # 12 shapes: 12 graphs, as 6 blocks in training and evaluation would need
         assert torch.equal(unit(torch.ones(size)), torch.full((size,), 2.0))
     assert counters["stats"]["unique_graphs"] == 12
     assert torch._dynamo.config.recompile_limit == 8, "the limit is raised only inside the unit's calls"
-    assert _with_graph_room(double, graphs=1) is double, "a unit within the limit is left as it is"
+    assert with_graph_room(double, graphs=1) is double, "a unit within the limit is left as it is"

@@ -86,3 +86,25 @@ def test_the_strategies_deprecated_execution_arguments_still_work(strategy, modu
 def test_a_deprecated_argument_that_contradicts_the_module_is_refused(strategy, module_options, message):
     with pytest.raises(ConfigurationError, match=message):
         tiny_module(strategy=strategy(), **module_options)
+
+
+def test_compile_blocks_gives_blocks_of_different_shapes_the_graphs_they_need():
+    """Every compiled block runs one code object (Module._call_impl), so all share dynamo's recompile limit (8).
+    BWBPF's blocks and heads differ in shape: in training and evaluation, with a smaller last batch, they need more
+    graphs than that, and past the limit dynamo ran the rest eagerly with a warning only."""
+    from torch._dynamo.utils import counters
+
+    from lightning_noprop.strategies import BWBPF
+
+    from ..helpers import synthetic_data, trainer
+    from .test_capture import _TinyBackbone
+
+    torch._dynamo.reset()
+    counters.clear()
+    module = tiny_module(strategy=BWBPF(_TinyBackbone(), num_blocks=2), compile_blocks=True,
+                         compile_options={"backend": "eager"})  # fmt: skip
+    trainer(max_epochs=1, limit_val_batches=2).fit(module, synthetic_data(synthetic_size=90, val_size=32))
+    untraced = {**counters["graph_break"], **counters["unimplemented"]}
+    assert not untraced, f"blocks ran eagerly: {next(iter(untraced))[:200]}"
+    assert counters["stats"]["unique_graphs"] > torch._dynamo.config.recompile_limit
+    assert torch._dynamo.config.recompile_limit == 8, "the limit is raised only inside the blocks' calls"
