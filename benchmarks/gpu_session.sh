@@ -6,7 +6,8 @@
 # Needs the requirements installed (on a lent machine without jsonargparse: its wheels, as the developers' guide
 # says). PYTHON picks the interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
-# RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled vmap" in a second call) picks what runs. Not
+# RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled vmap" in a second call, at most 8.7
+# minutes by its time limits) picks what runs. Not
 # GROUPS: bash keeps that name for the user's group ids and silently drops an assignment to it.
 # 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
 # capture: capture_step's gpu-marked tests (captured inference, the whole step's CUDA graph), throughput eager against

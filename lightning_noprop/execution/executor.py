@@ -81,12 +81,14 @@ class Executor:
             strategy.to(memory_format=torch.channels_last)
         if self.compile_blocks:
             blocks = strategy.block_modules()
+            # Every compiled module runs one code object (Module._call_impl), so all blocks share dynamo's recompile
+            # limit (8): BWBPF's blocks and heads differ in shape, and past the limit the rest ran eagerly. Each
+            # structure may need a graph for training and evaluation, static and then dynamic; blocks of one
+            # structure share theirs (and skip the wrapper's cost, ~20 us a call, when they fit the limit).
+            structures = len({(type(b), tuple(p.shape for p in b.parameters())) for b in blocks})
             for block in blocks:
                 block.compile(**(self.compile_options or {}))
-                # Every compiled module runs one code object (Module._call_impl), so all blocks share dynamo's
-                # recompile limit (8): BWBPF's blocks and heads differ in shape, and past the limit the rest ran
-                # eagerly. Each may need a graph for training and evaluation, static and then dynamic.
-                block._compiled_call_impl = with_graph_room(block._compiled_call_impl, 2 * len(blocks))
+                block._compiled_call_impl = with_graph_room(block._compiled_call_impl, 2 * structures)
         if self.capture_step:
             compile_units(strategy, self.compile_options)
 

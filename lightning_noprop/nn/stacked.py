@@ -28,14 +28,17 @@ class StackedDropout(nn.Dropout):
     ``fallback_random`` as eager draws it, so the compiled step makes the eager step's updates (tested)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """x of any shape, returned in that shape (and dtype), with each element zeroed with probability p."""
         if not self.training or self.p == 0:
             return x
         if self.p == 1:
             return x * 0
         keep = 1 - self.p
-        # A contiguous draw whatever x's strides (inductor may lay a convolution's output out channels-last): the
-        # same numbers land on the same elements as in eager.
-        return x * (torch.rand(x.shape, dtype=x.dtype, device=x.device) < keep) / keep
+        # A contiguous draw whatever x's strides (inductor may lay a convolution's output out channels-last), so the
+        # same numbers land on the same elements as in eager; at least float32, since a bf16 draw under autocast has
+        # steps of 1/256 and would not drop at p = 0.001.
+        draw = torch.rand(x.shape, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        return x * (draw < keep) / keep
 
 
 def stacked_template(module: nn.Module) -> nn.Module:
@@ -49,6 +52,10 @@ def stacked_template(module: nn.Module) -> nn.Module:
             for name, child in parent.named_children():
                 if type(child) is nn.Dropout:
                     setattr(parent, name, StackedDropout(child.p))
+                elif isinstance(child, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)):
+                    # Its batching rule may not compile either, and capture_step would then run eagerly unnoticed.
+                    raise NotImplementedError(f"the vmapped blocks run nn.Dropout only, not {type(child).__name__}; "
+                                              "set model.block_execution loop.")  # fmt: skip
         _TEMPLATES[module] = template
     template = _TEMPLATES[module]
     template.train(module.training)

@@ -67,6 +67,9 @@ def _module(name: str, **kwargs):
     return tiny_module(strategy=STRATEGIES[name](), **{**MODULE_OPTIONS.get(name, {}), **kwargs})
 
 
+#: compile options of the captured runs: a unit dynamo cannot trace in one graph fails with the reason.
+FULLGRAPH = {"fullgraph": True}
+
 # 58 training images in batches of 16: every epoch ends with a smaller batch of 10.
 DATA = {"synthetic_size": 90, "val_size": 32}
 
@@ -90,20 +93,16 @@ def test_captured_training_equals_eager_through_a_smaller_batch_and_a_resume(nam
     eager_trainer.fit(eager, synthetic_data(**DATA))
     expected = _state(eager, eager_trainer)
 
-    counters.clear()
-    captured = _module(name, capture_step=True)
+    # fullgraph: dynamo would run what it cannot trace eagerly with a log line only, and pass the comparison below.
+    captured = _module(name, capture_step=True, compile_options=FULLGRAPH)
     first = trainer(max_epochs=1, limit_val_batches=0, precision="64-true")
     first.fit(captured, synthetic_data(**DATA))
     assert all(o.defaults["fused"] for o in first.optimizers), "capture_step steps with torch's fused kernels"
     first.save_checkpoint(tmp_path / "epoch0.ckpt")
-    resumed = _module(name, capture_step=True)
+    resumed = _module(name, capture_step=True, compile_options=FULLGRAPH)
     second = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
     second.fit(resumed, synthetic_data(**DATA), ckpt_path=tmp_path / "epoch0.ckpt")
     assert second.global_step == eager_trainer.global_step == 8 * eager.num_optimizers
-    # Dynamo runs what it cannot trace eagerly, with a log line only: such a unit would pass the comparison below.
-    untraced = {**counters["graph_break"], **counters["unimplemented"]}
-    assert not untraced, f"the units ran partly eagerly: {next(iter(untraced))[:300]}"
-    assert counters["stats"]["unique_graphs"] > 0
     got = _state(resumed, second)
     assert got.keys() == expected.keys()
     initial = _module(name).state_dict()

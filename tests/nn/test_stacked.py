@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -43,7 +44,7 @@ def test_compiled_vmapped_dropout_draws_what_eager_draws_for_any_batch_size():
                     randomness="different")(params, x)  # fmt: skip
 
     compiled = torch.compile(outputs, dynamic=True, fullgraph=True, options={"fallback_random": True})
-    for batch in (8, 5):  # one graph for both sizes
+    for batch in (8, 5):  # fullgraph: each compiles whole
         x = torch.randn(batch, 1, 6, 6, dtype=torch.float64)
         torch.manual_seed(batch)
         expected = outputs(x)
@@ -68,3 +69,17 @@ def test_the_template_runs_every_dropout_as_stacked_dropout_with_its_p():
     assert len(dropouts) == sum(isinstance(m, nn.Dropout) for m in block.modules()) > 0
     assert all(type(m) is StackedDropout and m.p == 0.3 for m in dropouts)
     assert all(type(m) is nn.Dropout for m in block.modules() if isinstance(m, nn.Dropout)), "the block is unchanged"
+
+
+def test_the_template_refuses_a_dropout_it_does_not_replace():
+    block = nn.Sequential(nn.Linear(4, 4), nn.Dropout1d(0.2))
+    with pytest.raises(NotImplementedError, match="nn.Dropout only, not Dropout1d"):
+        stacked_template(block)
+
+
+def test_a_bf16_input_draws_its_mask_in_float32():
+    """A bf16 draw has steps of 1/256: at p = 0.001 nothing would drop."""
+    x = torch.ones(1_000_000, dtype=torch.bfloat16)
+    dropped = (StackedDropout(0.001)(x) == 0).double().mean()
+    assert 0.0007 < dropped < 0.0013
+
