@@ -52,7 +52,7 @@ def stacked_template(module: nn.Module) -> nn.Module:
             for name, child in parent.named_children():
                 if type(child) is nn.Dropout:
                     setattr(parent, name, StackedDropout(child.p))
-                elif isinstance(child, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)):
+                elif isinstance(child, nn.modules.dropout._DropoutNd):  # Dropout1d/2d/3d, AlphaDropout, ...
                     # Its batching rule may not compile either, and capture_step would then run eagerly unnoticed.
                     raise NotImplementedError(f"the vmapped blocks run nn.Dropout only, not {type(child).__name__}; "
                                               "set model.block_execution loop.")  # fmt: skip

@@ -31,7 +31,7 @@ def _net(dropout: nn.Module) -> nn.Sequential:
 
 def test_compiled_vmapped_dropout_draws_what_eager_draws_for_any_batch_size():
     """F.dropout's batching rule cannot be traced with a symbolic batch size, and a Bernoulli mask compiles to other
-    draws than eager's: StackedDropout compiles in one graph (dynamic shapes) and draws the eager numbers under
+    draws than eager's: StackedDropout compiles whole (fullgraph, dynamic shapes) and draws the eager numbers under
     inductor's fallback_random, as capture_step compiles the vmapped blocks, with inductor's channels-last layout too
     (the GPU's default)."""
     nets = [_net(nn.Dropout(0.2)).double() for _ in range(3)]
