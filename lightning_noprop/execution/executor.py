@@ -84,7 +84,8 @@ class Executor:
             # Every compiled module runs one code object (Module._call_impl), so all blocks share dynamo's recompile
             # limit (8): BWBPF's blocks and heads differ in shape, and past the limit the rest ran eagerly. Each
             # structure may need a graph for training and evaluation, static and then dynamic; blocks of one
-            # structure share theirs (and skip the wrapper's cost, ~20 us a call, when they fit the limit).
+            # structure share theirs (and, when they fit the limit, skip the wrapper, which patches dynamo's config
+            # at every call).
             structures = len({(type(b), tuple(p.shape for p in b.parameters())) for b in blocks})
             for block in blocks:
                 block.compile(**(self.compile_options or {}))
