@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from jsonargparse.typing import import_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -20,6 +21,7 @@ from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError,
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.predictions import PredictionWriter
 from lightning_noprop.reporting import TensorBoardReport
+from lightning_noprop.runs import RunConfig, resolve_fit_ckpt_path
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
@@ -49,6 +51,20 @@ class NoPropCLI(LightningCLI):
                  "--config and --model.* (Lightning's own behaviour). By default the model is built from your "
                  "options and a checkpoint trained with another model configuration is refused.",
         )  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        # The shared defaults add two checkpoint callbacks, which Lightning refuses beside enable_checkpointing
+        # false: the user asked for no checkpoints, so the run writes none.
+        trainer = self._get(self.config, "trainer")
+        if trainer.get("enable_checkpointing") is False and trainer.get("callbacks"):
+            trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_checkpoint_callback(c)]
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"], continues = resolve_fit_ckpt_path(self.trainer, config.get("ckpt_path"))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfig):
+                callback.continues_run = continues
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Lightning checks the trainer options (accelerator, devices, strategy, ...) when the Trainer is built and
@@ -189,6 +205,7 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
             LocalLearningModule,
             ImageDataModule,
             auto_configure_optimizers=False,
+            save_config_callback=RunConfig,
             trainer_defaults=trainer_defaults(),
             args=args,
             run=run,
@@ -200,6 +217,13 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
         if rank_zero_only.rank == 0:  # every rank of a multi-process run meets the same error: say it once
             sys.stderr.write(f"error: {cause}\n")
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def _is_checkpoint_callback(callback: Any) -> bool:
+    """Whether a parsed ``trainer.callbacks`` entry (a class_path namespace, or an object) is a ModelCheckpoint."""
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    kind = import_object(class_path) if isinstance(class_path, str) else type(callback)
+    return isinstance(kind, type) and issubclass(kind, ModelCheckpoint)
 
 
 def user_error_behind(error: BaseException) -> BaseException | None:

@@ -234,3 +234,15 @@ def test_vmapped_blocks_train_through_the_cli(option, tmp_path):
               option, "vmap", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
     assert cli.model.executor.block_execution == "vmap"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_enable_checkpointing_false_writes_no_checkpoint(tmp_path):
+    # The shared defaults add ModelCheckpoint and LatestCheckpoint, which Lightning refuses beside
+    # enable_checkpointing false; the user's option wins.
+    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+    assert cli.trainer.state.finished
+    assert cli.trainer.checkpoint_callbacks == []
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Callback
-from torch._dynamo.utils import counters
 
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.capture import CompiledUnit, LogWindow, fused, unit_compile_kwargs
@@ -93,15 +92,17 @@ def test_captured_training_equals_eager_through_a_smaller_batch_and_a_resume(nam
     eager_trainer.fit(eager, synthetic_data(**DATA))
     expected = _state(eager, eager_trainer)
 
-    # fullgraph: dynamo would run what it cannot trace eagerly with a log line only, and pass the comparison below.
-    captured = _module(name, capture_step=True, compile_options=FULLGRAPH)
-    first = trainer(max_epochs=1, limit_val_batches=0, precision="64-true")
-    first.fit(captured, synthetic_data(**DATA))
-    assert all(o.defaults["fused"] for o in first.optimizers), "capture_step steps with torch's fused kernels"
-    first.save_checkpoint(tmp_path / "epoch0.ckpt")
-    resumed = _module(name, capture_step=True, compile_options=FULLGRAPH)
-    second = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
-    second.fit(resumed, synthetic_data(**DATA), ckpt_path=tmp_path / "epoch0.ckpt")
+    # Dynamo would run what it cannot trace, or a unit past its recompile limit, eagerly with a log line only, and
+    # pass the comparison below: fullgraph and fail_on_recompile_limit_hit make either an error.
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        captured = _module(name, capture_step=True, compile_options=FULLGRAPH)
+        first = trainer(max_epochs=1, limit_val_batches=0, precision="64-true")
+        first.fit(captured, synthetic_data(**DATA))
+        assert all(o.defaults["fused"] for o in first.optimizers), "capture_step steps with torch's fused kernels"
+        first.save_checkpoint(tmp_path / "epoch0.ckpt")
+        resumed = _module(name, capture_step=True, compile_options=FULLGRAPH)
+        second = trainer(max_epochs=2, limit_val_batches=0, precision="64-true")
+        second.fit(resumed, synthetic_data(**DATA), ckpt_path=tmp_path / "epoch0.ckpt")
     assert second.global_step == eager_trainer.global_step == 8 * eager.num_optimizers
     got = _state(resumed, second)
     assert got.keys() == expected.keys()
@@ -139,7 +140,8 @@ def test_captured_bf16_mixed_follows_eager(name):
     results = {}
     for capture in (False, True):
         torch.manual_seed(0)
-        module = tiny_module(strategy=BF16[name](), capture_step=capture)
+        options = {"capture_step": True, "compile_options": FULLGRAPH} if capture else {}
+        module = tiny_module(strategy=BF16[name](), **options)
         losses = LossesLogged()
         trainer(limit_train_batches=3, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1,
                 callbacks=[losses]).fit(module, synthetic_data())  # fmt: skip
@@ -317,11 +319,17 @@ def test_a_unit_with_many_shapes_gets_the_graphs_it_needs():
     def double(x):
         return x * 2
 
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):  # dynamo's eager backend, counting the graphs it is given
+        graphs.append(graph_module)
+        return graph_module.forward
+
     torch._dynamo.reset()
-    counters.clear()
-    unit = with_graph_room(torch.compile(double, backend="eager", dynamic=False), graphs=6)
-    for size in range(1, 13):  # 12 shapes: 12 graphs, as 6 blocks in training and evaluation would need
-        assert torch.equal(unit(torch.ones(size)), torch.full((size,), 2.0))
-    assert counters["stats"]["unique_graphs"] == 12
+    unit = with_graph_room(torch.compile(double, backend=counting_backend, dynamic=False), graphs=6)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # past the limit: an error, not eager
+        for size in range(1, 13):  # 12 shapes: 12 graphs, as 6 blocks in training and evaluation would need
+            assert torch.equal(unit(torch.ones(size)), torch.full((size,), 2.0))
+    assert len(graphs) == 12
     assert torch._dynamo.config.recompile_limit == 8, "the limit is raised only inside the unit's calls"
     assert with_graph_room(double, graphs=1) is double, "a unit within the limit is left as it is"
