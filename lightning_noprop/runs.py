@@ -40,7 +40,7 @@ def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
     Lightning's ``"last"`` reads the run's own folder only, which for a new run (the logger's next version) is empty:
     Lightning would start from scratch with a hint to set save_last, which fit refuses here. Then this says so, names
     the newest run's last.ckpt to resume instead, and returns None (start from scratch) itself."""
-    folders = [folder.resolve() for folder in checkpoint_dirs(trainer)]
+    folders = list(dict.fromkeys(folder.resolve() for folder in checkpoint_dirs(trainer)))  # once each
     if ckpt_path == "last":
         if any(next(folder.glob("last*.ckpt"), None) for folder in folders):
             return ckpt_path, True  # Lightning resumes it
