@@ -3,8 +3,9 @@
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #
-# Needs the requirements installed (on a lent machine without jsonargparse: its wheels, as the developers' guide
-# says). PYTHON picks the interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
+# Needs the requirements installed; a lent machine lacks only jsonargparse, whose wheels this installs from .whl/
+# (fill it here with `bash benchmarks/gpu_wheels.sh`, and carry [".whl"] with the device call). PYTHON picks the
+# interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
 # RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled vmap" in a second call, at most 8.7
 # minutes by its time limits) picks what runs. Not
@@ -41,6 +42,16 @@ tp() {  # each group gets its own time limit; its rows are on disk as they are m
     timeout "$1" "$py" benchmarks/throughput.py --batches "${BATCHES:-30}" --warmup "${WARMUP:-10}" --inference-batch 1000 \
         --out "$out/throughput.jsonl" --cases "${@:2}" 2>&1 | grep --line-buffered -E '^\||^round|synthetic|Error|failed' | tee -a "$out/throughput.txt"
 }
+# A lent machine has no jsonargparse: install the wheels carried in .whl/ (benchmarks/gpu_wheels.sh; carry [".whl"]).
+# --no-deps: its one other dependency, PyYAML, comes with lightning.
+if ! "$py" -c "import jsonargparse" 2>/dev/null; then
+    "$py" -m pip install --quiet --no-index --no-deps .whl/jsonargparse-*.whl .whl/docstring_parser-*.whl \
+        .whl/typeshed_client-*.whl 2>&1 | tail -3 | tee "$out/install.txt"
+    for module in importlib_resources typing_extensions; do
+        "$py" -c "import $module" 2>/dev/null || "$py" -m pip install --quiet --no-index --no-deps .whl/$module-*.whl
+    done
+    "$py" -c "import jsonargparse, lightning_noprop.cli" 2>&1 | tail -3 | tee -a "$out/install.txt"
+fi
 timeout 60 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 if has capture; then  # issue 15: capture_step's tests, eager against captured, the host cost on a compute-free model
     # Only the gpu-marked ones: the equality tests train on the CPU (tests/helpers.py) and ran in CI.
