@@ -1,0 +1,44 @@
+"""benchmarks/gpu_session.sh runs only on a lent GPU, where a mistake costs the session's device time: its syntax,
+and every case it names, are checked here (nothing is run)."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import step_overhead
+import throughput
+
+SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
+
+
+def _commands() -> list[list[str]]:
+    """The script's commands as words, with continuation lines joined."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in text.splitlines() if line.strip()]
+
+
+def test_the_script_parses():
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_case_it_names_exists():
+    throughput_cases, overhead_cases = [], []
+    for words in _commands():
+        if "tp" in words:  # tp LIMIT CASE...: throughput.py's cases
+            throughput_cases += words[words.index("tp") + 2 :]
+        if "benchmarks/step_overhead.py" in words:  # ... --cases CASE... --out ...
+            rest = words[words.index("--cases") + 1 :]
+            overhead_cases += rest[: next(i for i, w in enumerate(rest) if w.startswith("--"))]
+    assert len(throughput_cases) >= 10 and overhead_cases, "the parser no longer finds the cases"
+    assert set(throughput_cases) <= set(throughput.CASES), set(throughput_cases) - set(throughput.CASES)
+    assert set(overhead_cases) <= set(step_overhead.CASES), set(overhead_cases) - set(step_overhead.CASES)
+
+
+def test_its_groups_are_the_ones_it_documents():
+    groups = set(re.findall(r"^\s*(?:if )?has (\w+)", SCRIPT.read_text(), flags=re.MULTILINE))
+    assert groups == {"capture", "fused", "layout", "compiled", "vmap"}, groups
