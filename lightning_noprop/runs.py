@@ -69,9 +69,10 @@ class RunConfig(SaveConfigCallback):
             if exists and self.continues_run:
                 self.overwrite = True
             elif exists:
+                new_folder = ("leave trainer.logger.init_args.version unset or choose an unused one" if trainer.loggers
+                              else "choose another trainer.default_root_dir (without a logger a run writes there)")  # fmt: skip
                 raise ConfigurationError(
                     f"{path.parent} holds another run (its {self.config_filename}): to continue that run, pass its "
-                    "checkpoint (--ckpt_path last finds its last.ckpt); for a new run, leave "
-                    "trainer.logger.init_args.version unset or choose an unused one."
+                    f"checkpoint (--ckpt_path last finds its last.ckpt); for a new run, {new_folder}."
                 )
         super().setup(trainer, pl_module, stage)

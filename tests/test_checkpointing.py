@@ -199,3 +199,11 @@ def test_a_checkpoint_from_before_the_executor_resumes(tmp_path):
             cli, resumed = fit(tmp_path / f"resumed{len(extra)}", "--ckpt_path", str(old), "--trainer.max_epochs", "2",
                                *extra)  # fmt: skip
         assert torch.load(resumed, weights_only=False)["epoch"] == 1 and cli.model.executor.block_execution == "loop"
+
+
+def test_without_a_logger_a_second_run_into_the_same_root_dir_is_a_user_error(tmp_path, capsys):
+    args = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    run(*args)
+    err = user_error(capsys, *args)
+    assert "holds another run (its config.yaml)" in err and "choose another trainer.default_root_dir" in err
