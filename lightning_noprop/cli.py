@@ -21,7 +21,7 @@ from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError,
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.predictions import PredictionWriter
 from lightning_noprop.reporting import TensorBoardReport
-from lightning_noprop.runs import RunConfig, resolve_fit_ckpt_path
+from lightning_noprop.runs import RunConfig, check_eval_ckpt_path, resolve_fit_ckpt_path
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
@@ -57,7 +57,12 @@ class NoPropCLI(LightningCLI):
         # false: the user asked for no checkpoints, so the run writes none.
         trainer = self._get(self.config, "trainer")
         if trainer.get("enable_checkpointing") is False and trainer.get("callbacks"):
-            trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_checkpoint_callback(c)]
+            callbacks = trainer["callbacks"] if isinstance(trainer["callbacks"], list) else [trainer["callbacks"]]
+            dropped = [c for c in callbacks if _is_checkpoint_callback(c)]
+            if dropped:
+                rank_zero_info(f"--trainer.enable_checkpointing false: no checkpoints, so {len(dropped)} checkpoint "
+                               "callback(s) of the config are left out.")  # fmt: skip
+            trainer["callbacks"] = [c for c in callbacks if not _is_checkpoint_callback(c)]
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
@@ -65,6 +70,11 @@ class NoPropCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunConfig):
                 callback.continues_run = continues
+
+    def _check_eval_ckpt_path(self) -> None:
+        check_eval_ckpt_path(self.trainer, self.config_init[self.subcommand].get("ckpt_path"), self.subcommand)
+
+    before_validate = before_test = before_predict = _check_eval_ckpt_path
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Lightning checks the trainer options (accelerator, devices, strategy, ...) when the Trainer is built and

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_noprop.errors import ConfigurationError
@@ -34,31 +36,61 @@ def newest_run_checkpoint(trainer: Any) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
-    """fit's ``ckpt_path`` as the run will use it, and whether the run continues from its own folder's checkpoint.
+def run_dir(trainer: Any) -> Path:
+    """The run's folder, as ``trainer.log_dir`` resolves it (without its broadcast: fit has not set up yet)."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    return Path(logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir)
 
-    Lightning's ``"last"`` reads the run's own folder only, which for a new run (the logger's next version) is empty:
-    Lightning would start from scratch with a hint to set save_last, which fit refuses here. Then this says so, names
-    the newest run's last.ckpt to resume instead, and returns None (start from scratch) itself."""
-    folders = list(dict.fromkeys(folder.resolve() for folder in checkpoint_dirs(trainer)))  # once each
+
+def last_checkpoints(trainer: Any) -> list[Path]:
+    """What Lightning's ``ckpt_path="last"`` chooses from: each checkpoint folder's last*.ckpt and an
+    OnExceptionCheckpoint's file, where they exist."""
+    found = [path for folder in dict.fromkeys(checkpoint_dirs(trainer)) for path in folder.glob("last*.ckpt")]
+    found += [Path(c.ckpt_path) for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    return [path for path in found if path.is_file()]
+
+
+def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
+    """fit's ``ckpt_path`` as the run will use it, and whether the run continues in its own folder (so that it may
+    rewrite that folder's config.yaml).
+
+    ``"last"`` asks to continue the run's own folder. Lightning looks only there; for a new run (the logger's next
+    version) it is empty, and Lightning would start from scratch with a hint to set save_last, which fit refuses
+    here. Then this says so, names the newest run's last.ckpt to resume instead, and returns None itself."""
     if ckpt_path == "last":
-        if any(next(folder.glob("last*.ckpt"), None) for folder in folders):
-            return ckpt_path, True  # Lightning resumes it
+        if last_checkpoints(trainer) or next(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"), None):
+            return ckpt_path, True  # Lightning resumes it (or, on SLURM, its HPC checkpoint)
         newest = newest_run_checkpoint(trainer)
-        where = ", ".join(str(folder) for folder in folders) or "none: checkpointing is off"
         rank_zero_warn(
-            f"--ckpt_path last: this run's checkpoint folder ({where}) has no last.ckpt, so training starts from "
-            "scratch." + (f" To resume the newest run, pass --ckpt_path {newest}." if newest else "")
+            f"--ckpt_path last: this run's folder ({run_dir(trainer)}) has no last.ckpt, so training starts from "
+            "scratch there." + (f" To resume the newest run, pass --ckpt_path {newest}." if newest else "")
         )
-        return None, False
-    continues = isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).resolve().parent in folders
-    return ckpt_path, continues
+        return None, True
+    if not isinstance(ckpt_path, (str, Path)) or not Path(ckpt_path).is_file():
+        return ckpt_path, False
+    path, here = Path(ckpt_path).resolve(), run_dir(trainer).resolve()
+    folders = {folder.resolve() for folder in checkpoint_dirs(trainer)}
+    return ckpt_path, path.parent in folders or here in path.parents
+
+
+def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
+    """Refuse ``--ckpt_path last`` for validate/test/predict where there is no last.ckpt: Lightning would evaluate
+    the untrained weights and exit 0."""
+    if ckpt_path == "last" and not last_checkpoints(trainer):
+        newest = newest_run_checkpoint(trainer)
+        raise ConfigurationError(
+            f"--ckpt_path last: this run's folder ({run_dir(trainer)}) has no last.ckpt, so there are no trained "
+            f"weights to {subcommand}: pass a checkpoint's path" + (f", e.g. --ckpt_path {newest}." if newest else ".")
+        )
 
 
 class RunConfig(SaveConfigCallback):
-    """Lightning's SaveConfigCallback (the run's ``config.yaml``), except where the folder already has one: a run
-    that resumes from its own folder's checkpoint (``continues_run``, e.g. a requeued job with a fixed logger
-    version and ``--ckpt_path last``) rewrites it, and a new run is refused with a user error, not a traceback."""
+    """Lightning's SaveConfigCallback (the run's ``config.yaml``), except where the folder already has one: a fit
+    that continues the run (``continues_run``: ``--ckpt_path last``, e.g. a requeued job with a fixed logger version,
+    or a checkpoint of that folder) rewrites it; validate/test/predict leave it as the training run wrote it; a new
+    run is refused with a user error, not Lightning's traceback."""
 
     continues_run = False
 
@@ -66,13 +98,16 @@ class RunConfig(SaveConfigCallback):
         if not self.already_saved and self.save_to_log_dir and not self.overwrite:
             path = Path(trainer.log_dir) / self.config_filename
             exists = trainer.strategy.broadcast(path.is_file() if trainer.is_global_zero else False)
+            if exists and stage != "fit":  # validate/test/predict in a training run's folder (its saved version)
+                self.already_saved = True  # the training run's config.yaml stays as it is
+                return
             if exists and self.continues_run:
                 self.overwrite = True
             elif exists:
                 new_folder = ("leave trainer.logger.init_args.version unset or choose an unused one" if trainer.loggers
                               else "choose another trainer.default_root_dir (without a logger a run writes there)")  # fmt: skip
                 raise ConfigurationError(
-                    f"{path.parent} holds another run (its {self.config_filename}): to continue that run, pass its "
-                    f"checkpoint (--ckpt_path last finds its last.ckpt); for a new run, {new_folder}."
+                    f"{path.parent} holds another run (its {self.config_filename}): to continue that run, pass "
+                    f"--ckpt_path last or its checkpoint; for a new run, {new_folder}."
                 )
         super().setup(trainer, pl_module, stage)

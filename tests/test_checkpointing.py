@@ -62,35 +62,6 @@ def test_last_ckpt_is_the_latest_state_and_resumes_exactly(tmp_path):
     assert_same_state(saved, resumed)
 
 
-def test_ckpt_path_last_resumes_this_runs_folder_or_says_which_run_to_resume(tmp_path):
-    """Lightning's ``--ckpt_path last`` reads the run's own folder: with a fixed logger version it resumes; a new
-    run's folder (the logger's next version) is empty, so training starts afresh, with the path of the newest run to
-    resume instead of Lightning's hint to set save_last (which fit refuses here)."""
-    _, first_last = fit(tmp_path, "--trainer.max_epochs", "1")
-    assert first_last.parent.parent.name == "version_0"
-    with pytest.warns(UserWarning) as caught:
-        fresh = run("fit", "--config", DT, *TINY[DT], *FAST, "--trainer.limit_val_batches", "1",
-                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                    "--trainer.max_epochs", "1", "--ckpt_path", "last")  # fmt: skip
-    messages = [str(w.message) for w in caught]
-    assert any("has no last.ckpt, so training starts from scratch" in m and f"--ckpt_path {first_last}" in m
-               for m in messages), messages  # fmt: skip
-    assert not any("save_last" in m for m in messages), messages
-    assert fresh.trainer.ckpt_path is None and fresh.trainer.current_epoch == 1
-
-    resumed = run("fit", "--config", DT, *TINY[DT], *FAST, "--trainer.limit_val_batches", "1",
-                  "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                  "--trainer.logger.init_args.version", "0", "--trainer.max_epochs", "2", "--ckpt_path", "last")  # fmt: skip
-    assert resumed.trainer.ckpt_path == str(first_last) and resumed.trainer.current_epoch == 2
-
-
-def test_a_new_run_into_another_runs_folder_is_a_user_error(tmp_path, capsys):
-    fit(tmp_path, "--trainer.max_epochs", "1")
-    err = user_error(capsys, "fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1",
-                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "0")  # fmt: skip
-    assert "holds another run (its config.yaml): to continue that run, pass its checkpoint" in err
-
-
 def test_last_ckpt_follows_training_when_val_acc_does_not_improve(tmp_path):
     # Validated every epoch on one image, so val/acc is 0 or 1 and often does not improve; whatever it does, last.ckpt
     # is the latest epoch (the test above makes the no-improvement case certain).
@@ -200,10 +171,3 @@ def test_a_checkpoint_from_before_the_executor_resumes(tmp_path):
                                *extra)  # fmt: skip
         assert torch.load(resumed, weights_only=False)["epoch"] == 1 and cli.model.executor.block_execution == "loop"
 
-
-def test_without_a_logger_a_second_run_into_the_same_root_dir_is_a_user_error(tmp_path, capsys):
-    args = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    run(*args)
-    err = user_error(capsys, *args)
-    assert "holds another run (its config.yaml)" in err and "choose another trainer.default_root_dir" in err

@@ -236,10 +236,16 @@ def test_vmapped_blocks_train_through_the_cli(option, tmp_path):
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
-def test_enable_checkpointing_false_writes_no_checkpoint(tmp_path):
+@pytest.mark.parametrize("callbacks", ["shared defaults", "one in a config"])
+def test_enable_checkpointing_false_writes_no_checkpoint(tmp_path, callbacks):
     # The shared defaults add ModelCheckpoint and LatestCheckpoint, which Lightning refuses beside
-    # enable_checkpointing false; the user's option wins.
-    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+    # enable_checkpointing false; the user's option wins. A config may give one callback, not a list.
+    extra = []
+    if callbacks == "one in a config":
+        (tmp_path / "one.yaml").write_text("trainer:\n  callbacks:\n    class_path: lightning.pytorch.callbacks."
+                                           "ModelCheckpoint\n    init_args: {monitor: val/acc, mode: max}\n")  # fmt: skip
+        extra = ["--config", str(tmp_path / "one.yaml")]
+    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *extra, *SMALL["configs/noprop_dt.yaml"], *FAST,
               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
               "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
               "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip

@@ -1,0 +1,96 @@
+"""A run's folder through the CLI: --ckpt_path last, a requeued run continuing in its own folder (fixed logger
+version), evaluation in a training run's folder, and a new run into an occupied one."""
+
+import pytest
+import torch
+
+from .helpers import FAST, run, user_error
+from .test_checkpointing import DT, TINY, fit
+
+LIGHTNING_S_HINT = "there is no last checkpoint available"  # Lightning's warning, which advises save_last
+
+
+def _fit(save_dir, *args):
+    return run("fit", "--config", DT, *TINY[DT], *FAST, "--trainer.limit_val_batches", "1",
+               "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false",
+               "--trainer.enable_model_summary", "false", *args)  # fmt: skip
+
+
+def test_ckpt_path_last_in_a_new_runs_folder_starts_afresh_and_names_the_newest_run(tmp_path):
+    _, first_last = fit(tmp_path, "--trainer.max_epochs", "1")
+    assert first_last.parent.parent.name == "version_0"
+    with pytest.warns(UserWarning) as caught:
+        fresh = _fit(tmp_path, "--trainer.max_epochs", "1", "--ckpt_path", "last")
+    messages = [str(w.message) for w in caught]
+    assert any("version_1) has no last.ckpt, so training starts from scratch there" in m
+               and f"--ckpt_path {first_last}" in m for m in messages), messages  # fmt: skip
+    assert not any(LIGHTNING_S_HINT in m for m in messages), messages
+    assert fresh.trainer.ckpt_path is None and fresh.trainer.current_epoch == 1
+
+
+def test_a_requeued_run_continues_in_its_own_folder(tmp_path):
+    """The same command twice, as a requeued job runs it: a fixed version and --ckpt_path last. The first starts
+    afresh; the second resumes from the folder's last.ckpt and rewrites its config.yaml (with the new max_epochs)."""
+    requeue = ["--trainer.logger.init_args.version", "0", "--ckpt_path", "last"]
+    with pytest.warns(UserWarning, match="starts from scratch there"):
+        _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+    (last,) = tmp_path.rglob("last.ckpt")
+    resumed = _fit(tmp_path, "--trainer.max_epochs", "2", *requeue)
+    assert resumed.trainer.ckpt_path == str(last) and resumed.trainer.current_epoch == 2
+    assert "max_epochs: 2" in (last.parent.parent / "config.yaml").read_text()
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_a_requeued_run_stopped_before_its_first_checkpoint_starts_again_there(tmp_path):
+    requeue = ["--trainer.logger.init_args.version", "0", "--ckpt_path", "last"]
+    with pytest.warns(UserWarning, match="starts from scratch there"):
+        _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+    for checkpoint in tmp_path.rglob("*.ckpt"):  # stopped in its first epoch: config.yaml, no checkpoint yet
+        checkpoint.unlink()
+    with pytest.warns(UserWarning, match="starts from scratch there"):
+        again = _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+    assert again.trainer.state.finished and list(tmp_path.rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize("checkpointing", ["true", "false"])
+def test_a_checkpoint_of_the_runs_own_folder_continues_it(tmp_path, checkpointing):
+    _, last = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0")
+    resumed = _fit(tmp_path, "--trainer.max_epochs", "2", "--trainer.logger.init_args.version", "0",
+                   "--trainer.enable_checkpointing", checkpointing, "--ckpt_path", str(last))  # fmt: skip
+    assert resumed.trainer.current_epoch == 2
+
+
+def test_evaluating_in_a_training_runs_folder_keeps_its_config(tmp_path):
+    """A fixed-version run's saved config.yaml names its own folder: test from it runs there, leaving the file."""
+    _, last = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0")
+    saved = last.parent.parent / "config.yaml"
+    before = saved.read_text()
+    cli = run("test", "--config", str(saved), "--ckpt_path", str(last), "--trainer.enable_progress_bar", "false")
+    assert "test/acc" in cli.trainer.callback_metrics
+    assert saved.read_text() == before
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_ckpt_path_last_without_a_checkpoint_is_refused_for_evaluation(subcommand, tmp_path, capsys):
+    """Lightning would evaluate the untrained weights and exit 0."""
+    _, first_last = fit(tmp_path, "--trainer.max_epochs", "1")
+    err = user_error(capsys, subcommand, "--config", DT, *TINY[DT], *FAST,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", "last")  # fmt: skip
+    assert f"has no last.ckpt, so there are no trained weights to {subcommand}" in err
+    assert f"e.g. --ckpt_path {first_last}" in err
+
+
+def test_a_new_run_into_another_runs_folder_is_a_user_error(tmp_path, capsys):
+    fit(tmp_path, "--trainer.max_epochs", "1")
+    err = user_error(capsys, "fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "0")  # fmt: skip
+    assert "holds another run (its config.yaml): to continue that run, pass --ckpt_path last or its checkpoint" in err
+
+
+def test_without_a_logger_a_second_run_into_the_same_root_dir_is_a_user_error(tmp_path, capsys):
+    args = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.default_root_dir",
+            str(tmp_path)]  # fmt: skip
+    run(*args)
+    err = user_error(capsys, *args)
+    assert "holds another run (its config.yaml)" in err and "choose another trainer.default_root_dir" in err
