@@ -1,5 +1,5 @@
-"""A run's folder (``logs/<name>/version_N/``): where its checkpoints go, and what ``fit`` does when a run resumes
-into it or a new run would write over it."""
+"""A run's folder (``logs/<name>/version_N/``): where its checkpoints go, what ``--ckpt_path last`` finds there, and
+what happens when a fit continues in it, an evaluation runs in it, or a new run would write over it."""
 
 from __future__ import annotations
 
