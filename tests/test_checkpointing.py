@@ -73,7 +73,8 @@ def test_last_ckpt_follows_training_when_val_acc_does_not_improve(tmp_path):
 
 def test_a_monitored_save_last_checkpoint_is_refused(tmp_path, capsys):
     err = user_error(capsys, "fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1",
-                     "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=ModelCheckpoint",
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+                     "--trainer.callbacks+=ModelCheckpoint",
                      "--trainer.callbacks.monitor", "val/acc", "--trainer.callbacks.save_last", "true")  # fmt: skip
     assert "LatestCheckpoint" in err and "save_last" in err
     with pytest.raises(ConfigurationError, match="best epoch, not the latest"):
