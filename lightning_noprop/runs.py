@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -41,7 +42,14 @@ def run_dir(trainer: Any) -> Path:
     if not trainer.loggers:
         return Path(trainer.default_root_dir)
     logger = trainer.loggers[0]
-    return Path(logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir)
+    if _versioned(trainer):
+        return Path(logger.log_dir)
+    return Path(logger.save_dir or trainer.default_root_dir)
+
+
+def _versioned(trainer: Any) -> bool:
+    """Whether each run gets a folder of its own (``save_dir/name/version_N``): TensorBoard's and CSV loggers."""
+    return bool(trainer.loggers) and isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger))
 
 
 def last_checkpoints(trainer: Any) -> list[Path]:
@@ -52,38 +60,50 @@ def last_checkpoints(trainer: Any) -> list[Path]:
     return [path for path in found if path.is_file()]
 
 
+def _no_last(trainer: Any) -> tuple[str, str | None]:
+    """Why ``--ckpt_path last`` finds nothing here, and where else to look."""
+    if not trainer.checkpoint_callbacks:
+        why = "checkpointing is off (--trainer.enable_checkpointing false), so it finds no last.ckpt"
+    else:
+        why = f"this run's folder ({run_dir(trainer)}) has no last.ckpt"
+    newest = newest_run_checkpoint(trainer)
+    return why, (f"--ckpt_path {newest}" if newest else None)
+
+
 def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
     """fit's ``ckpt_path`` as the run will use it, and whether the run continues in its own folder (so that it may
     rewrite that folder's config.yaml).
 
     ``"last"`` asks to continue the run's own folder. Lightning looks only there; for a new run (the logger's next
     version) it is empty, and Lightning would start from scratch with a hint to set save_last, which fit refuses
-    here. Then this says so, names the newest run's last.ckpt to resume instead, and returns None itself."""
+    here. Then this says so, names the newest run's last.ckpt to resume instead, and returns None itself (with which
+    Lightning on SLURM resumes its HPC checkpoint, if there is one)."""
     if ckpt_path == "last":
-        if last_checkpoints(trainer) or next(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"), None):
-            return ckpt_path, True  # Lightning resumes it (or, on SLURM, its HPC checkpoint)
-        newest = newest_run_checkpoint(trainer)
-        rank_zero_warn(
-            f"--ckpt_path last: this run's folder ({run_dir(trainer)}) has no last.ckpt, so training starts from "
-            "scratch there." + (f" To resume the newest run, pass --ckpt_path {newest}." if newest else "")
-        )
+        if last_checkpoints(trainer):
+            return ckpt_path, True  # Lightning resumes it
+        if SLURMEnvironment.detect() and next(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"), None):
+            return None, True  # Lightning resumes the HPC checkpoint, and only when ckpt_path is None
+        why, other = _no_last(trainer)
+        rank_zero_warn(f"--ckpt_path last: {why}, so training starts from scratch there."
+                       + (f" To resume the newest run, pass {other}." if other else ""))  # fmt: skip
         return None, True
     if not isinstance(ckpt_path, (str, Path)) or not Path(ckpt_path).is_file():
         return ckpt_path, False
-    path, here = Path(ckpt_path).resolve(), run_dir(trainer).resolve()
+    path = Path(ckpt_path).resolve()
     folders = {folder.resolve() for folder in checkpoint_dirs(trainer)}
-    return ckpt_path, path.parent in folders or here in path.parents
+    # Under a versioned logger the run's folder is its own, so any checkpoint in it continues the run; otherwise the
+    # folder (default_root_dir, a logger's save_dir) may hold other runs' checkpoints too.
+    inside = _versioned(trainer) and run_dir(trainer).resolve() in path.parents
+    return ckpt_path, path.parent in folders or inside
 
 
 def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
     """Refuse ``--ckpt_path last`` for validate/test/predict where there is no last.ckpt: Lightning would evaluate
     the untrained weights and exit 0."""
     if ckpt_path == "last" and not last_checkpoints(trainer):
-        newest = newest_run_checkpoint(trainer)
-        raise ConfigurationError(
-            f"--ckpt_path last: this run's folder ({run_dir(trainer)}) has no last.ckpt, so there are no trained "
-            f"weights to {subcommand}: pass a checkpoint's path" + (f", e.g. --ckpt_path {newest}." if newest else ".")
-        )
+        why, other = _no_last(trainer)
+        raise ConfigurationError(f"--ckpt_path last: {why}, so there are no trained weights to {subcommand}: pass a "
+                                 "checkpoint's path" + (f", e.g. {other}." if other else "."))  # fmt: skip
 
 
 class RunConfig(SaveConfigCallback):
@@ -104,8 +124,12 @@ class RunConfig(SaveConfigCallback):
             if exists and self.continues_run:
                 self.overwrite = True
             elif exists:
-                new_folder = ("leave trainer.logger.init_args.version unset or choose an unused one" if trainer.loggers
-                              else "choose another trainer.default_root_dir (without a logger a run writes there)")  # fmt: skip
+                if _versioned(trainer):
+                    new_folder = "leave trainer.logger.init_args.version unset or choose an unused one"
+                elif trainer.loggers:
+                    new_folder = "give the logger another save_dir"
+                else:
+                    new_folder = "choose another trainer.default_root_dir (without a logger a run writes there)"
                 raise ConfigurationError(
                     f"{path.parent} holds another run (its {self.config_filename}): to continue that run, pass "
                     f"--ckpt_path last or its checkpoint; for a new run, {new_folder}."

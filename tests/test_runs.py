@@ -94,3 +94,37 @@ def test_without_a_logger_a_second_run_into_the_same_root_dir_is_a_user_error(tm
     run(*args)
     err = user_error(capsys, *args)
     assert "holds another run (its config.yaml)" in err and "choose another trainer.default_root_dir" in err
+
+
+def test_with_checkpointing_off_ckpt_path_last_says_so(tmp_path, capsys):
+    fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0")
+    err = user_error(capsys, "test", "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir",
+                     str(tmp_path), "--trainer.enable_checkpointing", "false", "--ckpt_path", "last")  # fmt: skip
+    assert "checkpointing is off (--trainer.enable_checkpointing false), so it finds no last.ckpt" in err
+
+
+def test_without_a_versioned_logger_another_runs_checkpoint_does_not_continue_the_root_dir(tmp_path, capsys):
+    """default_root_dir holds every logger-less run, so a checkpoint somewhere below it is not this run's."""
+    _, other = fit(tmp_path / "logs", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path))
+    no_logger = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                 "1", "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(tmp_path)]  # fmt: skip
+    run(*no_logger)  # writes tmp_path/config.yaml
+    err = user_error(capsys, *no_logger, "--ckpt_path", str(other))
+    assert "holds another run" in err
+
+
+def test_on_slurm_ckpt_path_last_leaves_lightning_its_hpc_checkpoint(tmp_path, monkeypatch, recwarn):
+    """Lightning resumes an HPC checkpoint only when ckpt_path is None (checkpoint_connector._parse_ckpt_path)."""
+    from types import SimpleNamespace
+
+    from lightning_noprop import runs
+
+    trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), checkpoint_callbacks=[], callbacks=[])
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    monkeypatch.setattr(runs.SLURMEnvironment, "detect", staticmethod(lambda: True))
+    assert runs.resolve_fit_ckpt_path(trainer, "last") == (None, True)
+    assert not [w for w in recwarn if "starts from scratch" in str(w.message)]
+    monkeypatch.setattr(runs.SLURMEnvironment, "detect", staticmethod(lambda: False))
+    with pytest.warns(UserWarning, match="starts from scratch there"):
+        assert runs.resolve_fit_ckpt_path(trainer, "last") == (None, True)
