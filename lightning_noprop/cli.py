@@ -58,11 +58,11 @@ class NoPropCLI(LightningCLI):
         trainer = self._get(self.config, "trainer")
         if trainer.get("enable_checkpointing") is False and trainer.get("callbacks"):
             callbacks = trainer["callbacks"] if isinstance(trainer["callbacks"], list) else [trainer["callbacks"]]
-            dropped = [c for c in callbacks if _is_checkpoint_callback(c)]
-            if dropped:
-                rank_zero_info(f"--trainer.enable_checkpointing false: no checkpoints, so {len(dropped)} checkpoint "
-                               "callback(s) of the config are left out.")  # fmt: skip
-            trainer["callbacks"] = [c for c in callbacks if not _is_checkpoint_callback(c)]
+            kept = [c for c in callbacks if not _is_checkpoint_callback(c)]
+            if len(kept) < len(callbacks):
+                rank_zero_info(f"--trainer.enable_checkpointing false: no checkpoints, so {len(callbacks) - len(kept)} "
+                               "checkpoint callback(s) of the config are left out.")  # fmt: skip
+            trainer["callbacks"] = kept
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]

@@ -21,10 +21,16 @@ SCHEDULE = ["--model.lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--model.
             "--model.lr_scheduler.init_args.gamma", "0.5"]  # fmt: skip
 
 
+def fit_cli(save_dir, *args, config=DT):
+    """A tiny fit through the CLI, logging under ``save_dir``."""
+    return run("fit", "--config", config, *TINY[config], *FAST, "--trainer.limit_val_batches", "1",
+               "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false",
+               "--trainer.enable_model_summary", "false", *args)  # fmt: skip
+
+
 def fit(save_dir, *args, config=DT):
-    cli = run("fit", "--config", config, *TINY[config], *FAST, "--trainer.limit_val_batches", "1",
-              "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false",
-              "--trainer.enable_model_summary", "false", *args)  # fmt: skip
+    """``fit_cli``, and the one last.ckpt under ``save_dir``."""
+    cli = fit_cli(save_dir, *args, config=config)
     (last,) = save_dir.rglob("last.ckpt")
     return cli, last
 

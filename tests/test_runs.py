@@ -5,22 +5,16 @@ import pytest
 import torch
 
 from .helpers import FAST, run, user_error
-from .test_checkpointing import DT, TINY, fit
+from .test_checkpointing import DT, TINY, fit, fit_cli
 
 LIGHTNING_S_HINT = "there is no last checkpoint available"  # Lightning's warning, which advises save_last
-
-
-def _fit(save_dir, *args):
-    return run("fit", "--config", DT, *TINY[DT], *FAST, "--trainer.limit_val_batches", "1",
-               "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.enable_progress_bar", "false",
-               "--trainer.enable_model_summary", "false", *args)  # fmt: skip
 
 
 def test_ckpt_path_last_in_a_new_runs_folder_starts_afresh_and_names_the_newest_run(tmp_path):
     _, first_last = fit(tmp_path, "--trainer.max_epochs", "1")
     assert first_last.parent.parent.name == "version_0"
     with pytest.warns(UserWarning) as caught:
-        fresh = _fit(tmp_path, "--trainer.max_epochs", "1", "--ckpt_path", "last")
+        fresh = fit_cli(tmp_path, "--trainer.max_epochs", "1", "--ckpt_path", "last")
     messages = [str(w.message) for w in caught]
     assert any("version_1) has no last.ckpt, so training starts from scratch there" in m
                and f"--ckpt_path {first_last}" in m for m in messages), messages  # fmt: skip
@@ -33,9 +27,9 @@ def test_a_requeued_run_continues_in_its_own_folder(tmp_path):
     afresh; the second resumes from the folder's last.ckpt and rewrites its config.yaml (with the new max_epochs)."""
     requeue = ["--trainer.logger.init_args.version", "0", "--ckpt_path", "last"]
     with pytest.warns(UserWarning, match="starts from scratch there"):
-        _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+        fit_cli(tmp_path, "--trainer.max_epochs", "1", *requeue)
     (last,) = tmp_path.rglob("last.ckpt")
-    resumed = _fit(tmp_path, "--trainer.max_epochs", "2", *requeue)
+    resumed = fit_cli(tmp_path, "--trainer.max_epochs", "2", *requeue)
     assert resumed.trainer.ckpt_path == str(last) and resumed.trainer.current_epoch == 2
     assert "max_epochs: 2" in (last.parent.parent / "config.yaml").read_text()
     assert torch.load(last, weights_only=True)["epoch"] == 1
@@ -44,18 +38,18 @@ def test_a_requeued_run_continues_in_its_own_folder(tmp_path):
 def test_a_requeued_run_stopped_before_its_first_checkpoint_starts_again_there(tmp_path):
     requeue = ["--trainer.logger.init_args.version", "0", "--ckpt_path", "last"]
     with pytest.warns(UserWarning, match="starts from scratch there"):
-        _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+        fit_cli(tmp_path, "--trainer.max_epochs", "1", *requeue)
     for checkpoint in tmp_path.rglob("*.ckpt"):  # stopped in its first epoch: config.yaml, no checkpoint yet
         checkpoint.unlink()
     with pytest.warns(UserWarning, match="starts from scratch there"):
-        again = _fit(tmp_path, "--trainer.max_epochs", "1", *requeue)
+        again = fit_cli(tmp_path, "--trainer.max_epochs", "1", *requeue)
     assert again.trainer.state.finished and list(tmp_path.rglob("last.ckpt"))
 
 
 @pytest.mark.parametrize("checkpointing", ["true", "false"])
 def test_a_checkpoint_of_the_runs_own_folder_continues_it(tmp_path, checkpointing):
     _, last = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0")
-    resumed = _fit(tmp_path, "--trainer.max_epochs", "2", "--trainer.logger.init_args.version", "0",
+    resumed = fit_cli(tmp_path, "--trainer.max_epochs", "2", "--trainer.logger.init_args.version", "0",
                    "--trainer.enable_checkpointing", checkpointing, "--ckpt_path", str(last))  # fmt: skip
     assert resumed.trainer.current_epoch == 2
 
