@@ -211,7 +211,7 @@ def read_results(path: Path) -> list[dict]:
     return list(latest.values())
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
@@ -232,6 +232,11 @@ def main() -> None:
                         help="train nothing: redraw the curves and print the table from every run in "
                              "OUT_DIR/results.jsonl (rows or seeds run by separate calls, or in instalments)")
     parser.add_argument("extra", nargs="*", help="more CLI arguments for every row, after --")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     if args.replot:

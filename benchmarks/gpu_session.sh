@@ -8,7 +8,7 @@
 # interpreter (default python3); BATCHES/WARMUP shrink the timing for a smoke test.
 #
 # RUN_GROUPS (default "capture fused", at most 8.5 minutes; "layout compiled vmap" in a second call, at most 8.7
-# minutes by its time limits) picks what runs. Not
+# minutes by its time limits; "budget" alone, at most BUDGET_MINUTES + 2) picks what runs. Not
 # GROUPS: bash keeps that name for the user's group ids and silently drops an assignment to it.
 # 0. always: the gpu-marked tests (a regression check: they passed on an H100, RESULTS.md section 14);
 # capture: capture_step's gpu-marked tests (captured inference, the whole step's CUDA graph), throughput eager against
@@ -22,12 +22,14 @@
 # throughput.py writes each case's line to OUT_DIR/throughput.jsonl as soon as it is measured, so a group cut by
 # its time limit keeps what it measured. Record the tables in RESULTS.md.
 #
-# With the session's remaining GPU time, train NoProp-DT at the paper's settings in its fastest mode from 2a (the
-# modes give the same updates), for whole epochs within a wall-time budget (RESULTS.md section 14 did 20 epochs in
-# loop mode in 15.6 minutes). --run-dir keeps last.ckpt, and the same command resumes from it, so 100 epochs can be
-# trained in instalments:
-#   python benchmarks/accuracy.py --rows dt-onehot --seeds 0 --max-minutes M --run-dir RUNS --data-root DATA \
-#       --out-dir DIR -- [--model.block_execution vmap] [--model.optimizer.init_args.fused true]
+# budget (issue 15's full budget, in a call of its own): NoProp-DT one-hot at Table 3's settings, seed 0, up to 100
+#    epochs, as many whole epochs as BUDGET_MINUTES (default 7) of training allow, then 5 inference runs on the full
+#    test set (the MNIST copy in data/). BUDGET_ARGS are its CLI options: the fastest mode the capture and vmap groups
+#    measured (default: capture_step; the modes give the same updates). Its epoch lines (budget.txt) give the epoch
+#    time; OUT_DIR/accuracy/results.jsonl the accuracy. A 100-epoch checkpoint (229 MiB with AdamW's state) cannot be
+#    carried back, so the run must fit one call: 100 epochs in 7 minutes is 4.2 s an epoch. BUDGET_EPOCHS and
+#    BUDGET_EXTRA (accuracy.py options, e.g. "--train-size 256 --test-size 256 --inference-runs 1") shrink it for a
+#    smoke test.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out"
@@ -72,4 +74,13 @@ has layout && tp 180 backprop "backprop channels_last" "noprop_dt joint channels
 has compiled && tp 130 backprop "backprop compiled" "noprop_dt joint compiled"
 # The blocks as one vmapped call, captured: on an H100 the grouped convolutions take 0.33-0.55x of the ten (section 14).
 has vmap && tp 150 "noprop_dt joint" "noprop_dt vmap" "noprop_dt vmap captured"
+if has budget; then
+    minutes=${BUDGET_MINUTES:-7}
+    # EpochBudget stops at an epoch boundary within the minutes (compilation included); then the 5 test runs.
+    # shellcheck disable=SC2086  # BUDGET_EXTRA and BUDGET_ARGS are lists of words
+    timeout $((minutes * 60 + 120)) "$py" benchmarks/accuracy.py --rows dt-onehot --seeds 0 --epochs "${BUDGET_EPOCHS:-100}" \
+        --max-minutes "$minutes" --data-root data --out-dir "$out/accuracy" ${BUDGET_EXTRA:-} \
+        -- ${BUDGET_ARGS:---model.capture_step true} 2>&1 | grep --line-buffered -E '^epoch|^\||resuming|Error' \
+        | tee "$out/budget.txt"
+fi
 exit 0

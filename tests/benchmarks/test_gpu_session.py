@@ -41,4 +41,34 @@ def test_every_case_it_names_exists():
 
 def test_its_groups_are_the_ones_it_documents():
     groups = set(re.findall(r"^\s*(?:if )?has (\w+)", SCRIPT.read_text(), flags=re.MULTILINE))
-    assert groups == {"capture", "fused", "layout", "compiled", "vmap"}, groups
+    assert groups == {"capture", "fused", "layout", "compiled", "vmap", "budget"}, groups
+
+
+def _budget_command() -> list[str]:
+    """The budget group's accuracy.py command, with each ${NAME:-default} as its default and $minutes/$out filled."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if "benchmarks/accuracy.py" in line and not line.lstrip().startswith("#")]
+    line = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line.split("2>&1")[0]).replace("$minutes", "7").replace("$out", "OUT")
+    words = shlex.split(line)
+    return words[words.index("benchmarks/accuracy.py") + 1 :]
+
+
+def test_the_budget_run_is_the_issues_row_and_its_options_parse():
+    import accuracy
+
+    args = accuracy.build_parser().parse_args(_budget_command())
+    # Issue 15's full budget: NoProp-DT one-hot, 100 epochs, seed 0, 5 inference runs, MNIST from the repo's copy.
+    assert (args.rows, args.seeds, args.epochs, args.inference_runs) == (["dt-onehot"], [0], 100, 5)
+    assert args.max_minutes == 7 and (ROOT / args.data_root / "MNIST" / "raw").is_dir()
+    assert args.extra == ["--model.capture_step", "true"]
+
+
+def test_the_budget_runs_cli_options_are_accepted(tmp_path):
+    from lightning_noprop.cli import main as cli_main
+
+    command = _budget_command()
+    extra = command[command.index("--") + 1 :]
+    config, overrides = __import__("accuracy").ROWS["dt-onehot"]
+    cli = cli_main(args=["--config", str(ROOT / config), *overrides, *extra, "--data.synthetic", "true",
+                         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)  # fmt: skip
+    assert cli.model.hparams.capture_step is True
