@@ -14,6 +14,11 @@ The model is not free of arithmetic: the paper's encoder has 32, 64 and 128 chan
 the ten blocks hold about 1 M parameters for the optimizers to update. The case "kernel floor" times that part alone,
 in a bare loop without Lightning: every block's three convolutions forward and backward on the activations they see,
 and one fused AdamW step per block. No way of executing the step removes it, so ``floor / eager`` bounds R from below.
+
+The cases "... replay host" time the GPU path's host half on any machine: capture_step with StepGraph's device half
+replaced by ``HostOnly``, which captures by running the step once and replays by launching nothing. A batch then costs
+what the host does around a replay of the step's CUDA graph (Lightning, the module, StepGraph's bookkeeping), which a
+GPU's replay runs beside; it is an estimate for a GPU, not R, since the step's arithmetic is skipped.
 """
 
 from __future__ import annotations
@@ -40,7 +45,38 @@ CASES = {  # name: (strategy, module options)
     "backprop eager": ("Backprop", {}),
     "backprop captured": ("Backprop", {"capture_step": True}),
     "kernel floor": ("NoPropDT", {}),
+    # The GPU path's host half on a CPU: capture_step's StepGraph with its device half stubbed (HostOnly), so a
+    # batch is the host's work around a replay and no arithmetic. Not a CPU figure for R: the step's kernels are
+    # skipped, not run.
+    "NoProp-DT replay host": ("NoPropDT", {"capture_step": True}),
+    "backprop replay host": ("Backprop", {"capture_step": True}),
 }
+
+
+class HostOnly:
+    """StepGraph's device half (CudaGraphs' four methods) without a device: "capture" runs the step once for its
+    outputs, and each "replay" returns them, launching nothing. What remains of a batch is the host's work when a
+    GPU replays the step from its CUDA graph: Lightning's loop, the module, StepGraph's bookkeeping (the batch's
+    signature and key, the blocks' seeds, the copies into the static inputs, Lightning's step count), the logging."""
+
+    def new_state(self):
+        import torch
+
+        return torch.Generator()  # seeded before every replay, as a CUDA generator state is
+
+    def stream(self, state):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def on_stream(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def capture(self, step, states):
+        outputs = step()
+        return lambda: outputs
 
 
 def conv_inputs(block, x) -> list[tuple]:
@@ -96,6 +132,8 @@ def run_case(name: str, batches: int, warmup: int, accelerator: str = "cpu") -> 
     data = TensorDataset(torch.randn(16 * (batches + warmup), 1, 4, 4), torch.arange(16 * (batches + warmup)) % 10)
     if name == "kernel floor":
         return {"case": name, **kernel_floor(module, data.tensors[0][:16], batches, warmup)}
+    if name.endswith("replay host"):
+        module.executor.step_graph.backend = HostOnly()  # StepGraph.usable: a backend set means replay
 
     class Timer(Callback):
         def __init__(self) -> None:
@@ -156,9 +194,9 @@ def main() -> None:
     for name in args.cases:
         ms = statistics.median(r[name]["ms_per_batch"] for r in rounds)
         first = statistics.median(r[name]["first_batch_s"] for r in rounds)
-        eager = "NoProp-DT eager" if name == "kernel floor" else name.replace("captured", "eager")
+        eager = "NoProp-DT eager" if name == "kernel floor" else name.replace("captured", "eager").replace("replay host", "eager")
         cell = ""
-        if ("captured" in name or name == "kernel floor") and eager in args.cases:
+        if ("captured" in name or name == "kernel floor" or "replay host" in name) and eager in args.cases:
             ratios[name] = [r[name]["ms_per_batch"] / r[eager]["ms_per_batch"] for r in rounds]
             cell = f"{statistics.median(ratios[name]):.2f} ({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
         print(f"| {name} | {ms:.2f} | {first:.1f} | {cell} |")
@@ -167,6 +205,11 @@ def main() -> None:
     if "NoProp-DT vmap captured" in ratios and "NoProp-DT eager" in args.cases:  # against the default execution
         default = [r["NoProp-DT vmap captured"]["ms_per_batch"] / r["NoProp-DT eager"]["ms_per_batch"] for r in rounds]
         print(f"vmap captured/eager (loop): {statistics.median(default):.2f} ({min(default):.2f}-{max(default):.2f})")
+    for name in ("NoProp-DT replay host", "backprop replay host"):  # an estimate for a GPU, not R on this CPU
+        eager = name.replace("replay host", "eager")
+        if name in args.cases and eager in args.cases:
+            print(f"{name} (device work skipped)/{eager}: {statistics.median(ratios[name]):.2f}: the host's work "
+                  "around a replayed batch, not R")  # fmt: skip
     if "NoProp-DT captured" in ratios:
         print(f"captured/eager: {statistics.median(ratios['NoProp-DT captured']):.2f}")
 
