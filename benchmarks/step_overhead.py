@@ -194,7 +194,8 @@ def main() -> None:
     for name in args.cases:
         ms = statistics.median(r[name]["ms_per_batch"] for r in rounds)
         first = statistics.median(r[name]["first_batch_s"] for r in rounds)
-        eager = "NoProp-DT eager" if name == "kernel floor" else name.replace("captured", "eager").replace("replay host", "eager")
+        eager = "NoProp-DT eager" if name == "kernel floor" else name.replace("captured", "eager")
+        eager = eager.replace("replay host", "eager")
         cell = ""
         if ("captured" in name or name == "kernel floor" or "replay host" in name) and eager in args.cases:
             ratios[name] = [r[name]["ms_per_batch"] / r[eager]["ms_per_batch"] for r in rounds]

@@ -47,7 +47,7 @@ def test_its_groups_are_the_ones_it_documents():
 def _budget_command() -> list[str]:
     """The budget group's accuracy.py command, with each ${NAME:-default} as its default and $minutes/$out filled."""
     text = SCRIPT.read_text().replace("\\\n", " ")
-    (line,) = [line for line in text.splitlines() if "benchmarks/accuracy.py" in line and not line.lstrip().startswith("#")]
+    (line,) = [line for line in text.splitlines() if "benchmarks/accuracy.py" in line and "#" not in line.split()[0]]
     line = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line.split("2>&1")[0]).replace("$minutes", "7").replace("$out", "OUT")
     words = shlex.split(line)
     return words[words.index("benchmarks/accuracy.py") + 1 :]
