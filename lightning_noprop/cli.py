@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse.typing import import_object
@@ -27,6 +27,30 @@ from lightning_noprop.runs import RunConfig, check_eval_ckpt_path, resolve_fit_c
 USER_ERROR_EXIT_CODE = 2
 
 
+class NoPropArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors are one ``error:`` line and a pointer to ``--help`` (not the whole usage,
+    some 90 lines), and which takes options only as spelt out (an abbreviation such as ``--trainer.max_epoch`` is an
+    error, not silently another option)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {message}\n(`{prog} --help` lists the options)\n")
+        self.exit(USER_ERROR_EXIT_CODE)
+
+
+#: Trainer options whose int means batches and float a fraction. Lightning 2.6 annotates them Union[float, int, None]
+#: (typing's cache keeps whichever order of an equal Union was made first), so jsonargparse reads "1" as 1.0, which
+#: Lightning takes as all of the batches.
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
 class NoPropCLI(LightningCLI):
     """LightningCLI with the data's class count and image shape linked into the model, and a ``--ckpt_path`` that
     must fit the model the user configured; our callbacks are always on (``--prediction_writer.*``,
@@ -38,7 +62,15 @@ class NoPropCLI(LightningCLI):
     differences, unless the user asks for the checkpoint's own with ``--model_from_checkpoint true``.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", NoPropArgumentParser)
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in BATCH_LIMITS:  # an int first: "1" is one batch, "1.0" all of them
+            action = parser._option_string_actions.get(f"--trainer.{name}")
+            if action is not None:
+                action._typehint = int | float | None
         parser.set_defaults(shared_defaults())
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
@@ -81,7 +113,7 @@ class NoPropCLI(LightningCLI):
         # raises ValueError or MisconfigurationException: each is a wrong option, not a bug.
         try:
             return super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as error:
+        except (MisconfigurationException, ValueError, ImportError) as error:  # ImportError: a plugin's package
             accelerator = str(self._get(self.config, "trainer").get("accelerator"))
             advice = ""
             if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

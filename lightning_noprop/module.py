@@ -331,7 +331,9 @@ class LocalLearningModule(LightningModule):
             f"logits must be (B, {self.strategy.num_classes}), got {tuple(prediction.logits.shape)}"
         )
         metric(prediction.logits, y)
-        self.log(f"{stage}/acc", metric, prog_bar=True, on_step=stage == "train", on_epoch=True)
+        # Training accuracy is measured every train_accuracy_every_n_steps batches only, and Lightning writes a step
+        # value again at every logging step until it is logged anew: an epoch value (over the measured batches) alone.
+        self.log(f"{stage}/acc", metric, prog_bar=True, on_step=False, on_epoch=True)
 
     # Validation draws noise from the global RNG; running it on a snapshot keeps the training stream the
     # same whether or not (and how often) validation runs, so a resumed run continues identically.

@@ -98,8 +98,12 @@ def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
 
 
 def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
-    """Refuse ``--ckpt_path last`` for validate/test/predict where there is no last.ckpt: Lightning would evaluate
-    the untrained weights and exit 0."""
+    """Refuse validate/test/predict without ``--ckpt_path``, and with ``--ckpt_path last`` where there is no
+    last.ckpt: Lightning would evaluate the untrained weights and exit 0."""
+    if ckpt_path is None:
+        newest = newest_run_checkpoint(trainer)
+        raise ConfigurationError(f"{subcommand} needs trained weights: pass --ckpt_path with a checkpoint's path"
+                                 + (f", e.g. {newest}." if newest else " (fit writes last.ckpt into its run's folder)."))  # fmt: skip
     if ckpt_path == "last" and not last_checkpoints(trainer):
         why, other = _no_last(trainer)
         raise ConfigurationError(f"--ckpt_path last: {why}, so there are no trained weights to {subcommand}: pass a "

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from lightning_noprop.cli import main
+
 from .conftest import CONFIGS, REPO
 from .helpers import FAST, run, user_error
 
@@ -152,6 +154,8 @@ BAD_INPUTS = {
     "zero embedding dim": (["--model.strategy.init_args.embedding", "lightning_noprop.nn.LearnedEmbedding",
                             "--model.strategy.init_args.embedding.init_args.dim", "0"], "dim must be >= 1"),
     "zero eval batch": (["--data.eval_batch_size", "0"], "eval_batch_size must be >= 1"),
+    "negative train size": (["--data.train_size", "-10"], "train_size must be >= 1"),  # [:-10] took all but 10
+    "zero test size": (["--data.test_size", "0"], "test_size must be >= 1"),
     "zero validation steps": (["--model.validation_inference_steps", "0"], "validation_inference_steps must be >= 1"),
     "negative epochs": (["--trainer.max_epochs", "-5"], "max_epochs"),
     # option combinations
@@ -172,6 +176,10 @@ BAD_INPUTS = {
     # devices
     "no such device count": (["--trainer.devices", "0"], "not a valid input"),
     "fsdp on cpu": (["--trainer.strategy", "fsdp", "--trainer.accelerator", "cpu"], "requires a GPU"),
+    "a plugin's missing package": (["--trainer.precision", "transformer-engine"], "transformer_engine"),
+    # the parser's own errors
+    "abbreviated option": (["--trainer.max_epoch", "1"], "--trainer.max_epoch"),  # not silently max_epochs
+    "misspelt option": (["--trainer.max_epochz", "1"], "--trainer.max_epochz"),
 }  # fmt: skip
 if not torch.cuda.is_available():
     BAD_INPUTS["gpu without one"] = (["--trainer.accelerator", "gpu"], "This machine has no CUDA GPU")
@@ -185,6 +193,16 @@ def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
                      *FAST, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path), *options)  # fmt: skip
     assert phrase in err
     assert err.count("error: ") == 1
+    assert "usage:" not in err, "one error, not the parser's whole usage"
+
+
+def test_one_batch_is_one_batch():
+    # Lightning 2.6 annotates the limits Union[float, int, None]: jsonargparse read "1" as 1.0, i.e. every batch.
+    cli = main(args=["--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+                     "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0",
+                     "--trainer.limit_test_batches", "0.5", "--trainer.logger", "false"], run=False)  # fmt: skip
+    limits = (cli.trainer.limit_train_batches, cli.trainer.limit_val_batches, cli.trainer.limit_test_batches)
+    assert limits == (1, 1.0, 0.5) and [type(v) for v in limits] == [int, float, float]
 
 
 def test_an_untrained_prototype_embedding_is_a_user_error(tmp_path, capsys):
@@ -219,9 +237,12 @@ def test_main_py_prints_the_message_and_exits_2(args, message, tmp_path):
 
 
 def test_predict_under_precision_64_true(tmp_path):
-    cli = run("predict", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.precision", "64-true",
-              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *SMALL["configs/noprop_dt.yaml"],
-              *FAST)  # fmt: skip
+    common = ["--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.precision", "64-true", "--trainer.logger",
+              "false", "--trainer.default_root_dir", str(tmp_path), *SMALL["configs/noprop_dt.yaml"], *FAST]  # fmt: skip
+    run("fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
+        "1", "--trainer.enable_progress_bar", "false")  # fmt: skip
+    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    cli = run("predict", *common, "--ckpt_path", str(checkpoint))
     predictions = cli.trainer.predict_loop.predictions
     assert sum(p.logits.shape[0] for p in predictions) == len(cli.datamodule.test_set)
     assert all(p.logits.dtype == p.z.dtype == torch.float64 for p in predictions)

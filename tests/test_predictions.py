@@ -9,7 +9,7 @@ from lightning_noprop.cli import main
 from lightning_noprop.data.idx import read_idx_split
 
 from .conftest import REPO
-from .test_cli import FAST, SMALL, user_error
+from .test_cli import user_error
 
 # A BWBPF ResNet-18 at width 16 with the ImageNet stem (28x28 -> 7x7 at once) and K = 1: 100 SGD steps on real
 # MNIST take a few seconds on 2 CPU cores and reach 83% on 1,000 test images (91% on the first 64).
@@ -75,10 +75,11 @@ def test_predict_on_a_folder_of_pngs_agrees_with_the_test_split_and_the_labels(t
 
 
 @pytest.mark.parametrize("name", ["broken.png", "notes.txt"])
-def test_a_non_image_file_is_one_clear_error_naming_it(tmp_path, capsys, name):
+def test_a_non_image_file_is_one_clear_error_naming_it(trained_run, tmp_path, capsys, name):
     bad = tmp_path / name
     bad.write_text("this is not an image")
-    err = user_error(capsys, "predict", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
-                     *FAST, "--data.predict_path", str(bad), "--trainer.logger", "false",
+    config, checkpoint, root = trained_run
+    err = user_error(capsys, "predict", "--config", str(config), "--ckpt_path", str(checkpoint), "--data.root", str(root),
+                     "--data.predict_path", str(bad), "--trainer.logger", "false",
                      "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
     assert str(bad) in err and "not a readable image" in err

@@ -122,3 +122,11 @@ def test_on_slurm_ckpt_path_last_leaves_lightning_its_hpc_checkpoint(tmp_path, m
     monkeypatch.setattr(runs.SLURMEnvironment, "detect", staticmethod(lambda: False))
     with pytest.warns(UserWarning, match="starts from scratch there"):
         assert runs.resolve_fit_ckpt_path(trainer, "last") == (None, True)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_is_refused(subcommand, tmp_path, capsys):
+    # Lightning would evaluate the untrained weights and exit 0.
+    err = user_error(capsys, subcommand, "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir",
+                     str(tmp_path))  # fmt: skip
+    assert f"{subcommand} needs trained weights: pass --ckpt_path" in err

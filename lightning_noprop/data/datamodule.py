@@ -73,8 +73,9 @@ class ImageDataModule(LightningDataModule):
         if dataset not in DATASETS:
             raise ConfigurationError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}.")
         sizes = {"batch_size": batch_size, "synthetic_size": synthetic_size}
-        if eval_batch_size is not None:
-            sizes["eval_batch_size"] = eval_batch_size
+        # None means all of them; a size must not be 0 or negative (a slice [:-10] would take all but 10).
+        optional = {"eval_batch_size": eval_batch_size, "train_size": train_size, "test_size": test_size}
+        sizes.update({name: value for name, value in optional.items() if value is not None})
         for name, value in sizes.items():
             if value < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {value}.")
