@@ -78,7 +78,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()
-        print(f"predictions of {self._rows} images written to {self.path.resolve()}", flush=True)
+        self._finished = True
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Said here, after the progress bar closed its line in its own on_predict_end (else it lands at the bar's end).
+        if stage == "predict" and getattr(self, "_finished", False):
+            self._finished = False
+            images = "image" if self._rows == 1 else "images"
+            print(f"predictions of {self._rows} {images} written to {self.path.resolve()}", flush=True)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._close()
