@@ -148,7 +148,13 @@ class NoPropCLI(LightningCLI):
         differences = config_differences(saved, current, ignored)
         if differences:
             run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
-            advice = f"--config {run_config}" if run_config.is_file() else "the config.yaml of the run it comes from"
+            given = {Path(str(getattr(c, "absolute", c))).resolve() for c in config.get("config") or []}
+            if run_config in given:  # the run's own config: the differences come from options given beside it
+                advice = "that config without the --model.* / --data.* options that differ"
+            elif run_config.is_file():
+                advice = f"--config {run_config}"
+            else:
+                advice = "the config.yaml of the run it comes from"
             raise CheckpointMismatchError(
                 f"--ckpt_path {ckpt_path} was trained with another model configuration than yours (--config and "
                 "--model.* options):\n  - " + "\n  - ".join(differences) + f"\nUse {advice}, or pass "
