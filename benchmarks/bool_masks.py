@@ -1,10 +1,10 @@
-"""Why capture_step's compiled NoProp-DT step is not faster than eager on a CPU: inductor's boolean masks.
+"""A likely reason capture_step's compiled NoProp-DT step is not faster than eager on a CPU: inductor's bool masks.
 
     python benchmarks/bool_masks.py --repeats 30 --rounds 3
 
 AOTAutograd saves a ReLU's backward mask (``out <= 0``) and dropout's keep mask as ``bool`` tensors, one byte an
-element. Inductor's CPU kernels store and load them through ``at::vec::Vectorized<bool>``, which (torch 2.14) has no
-AVX2/AVX512 specialisation, so those kernels run element by element. This times, on one activation of NoProp-DT's
+element. Inductor's CPU kernels convert a vector mask to bools through ``at::vec::Vectorized<bool>``, which (torch
+2.14) has no AVX2/AVX512 specialisation, so writing a mask is slow. This times, on one activation of NoProp-DT's
 image encoder at batch 128 (64 x 14 x 14 a sample), eager against compiled (``dynamic=True``, as capture_step compiles):
 
 - ``relu``: the ReLU alone (no mask);

@@ -113,7 +113,7 @@ class NoPropCLI(LightningCLI):
         # raises ValueError or MisconfigurationException: each is a wrong option, not a bug.
         try:
             return super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError, ImportError) as error:  # ImportError: a plugin's package
+        except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # a plugin's missing package
             accelerator = str(self._get(self.config, "trainer").get("accelerator"))
             advice = ""
             if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

@@ -196,20 +196,29 @@ def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
     assert "usage:" not in err, "one error, not the parser's whole usage"
 
 
-def test_one_batch_is_one_batch():
+def test_one_batch_is_one_batch(capsys):
     # Lightning 2.6 annotates the limits Union[float, int, None]: jsonargparse read "1" as 1.0, i.e. every batch.
     cli = main(args=["--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
                      "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0",
                      "--trainer.limit_test_batches", "0.5", "--trainer.logger", "false"], run=False)  # fmt: skip
     limits = (cli.trainer.limit_train_batches, cli.trainer.limit_val_batches, cli.trainer.limit_test_batches)
     assert limits == (1, 1.0, 0.5) and [type(v) for v in limits] == [int, float, float]
+    # and in every subcommand's parser
+    with pytest.raises(SystemExit):
+        run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), "--trainer.limit_train_batches", "1",
+            "--print_config")  # fmt: skip
+    assert "limit_train_batches: 1\n" in capsys.readouterr().out
 
 
-def test_an_untrained_prototype_embedding_is_a_user_error(tmp_path, capsys):
-    err = user_error(capsys, "test", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
-                     *FAST, "--model.strategy.init_args.embedding", "lightning_noprop.nn.PrototypeEmbedding",
-                     "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
-    assert "--ckpt_path" in err
+def test_an_untrained_prototype_embedding_is_a_user_error(tmp_path):
+    # The CLI refuses test without --ckpt_path (test_runs.py); through the Python API the embedding says what to do.
+    from lightning_noprop.errors import ConfigurationError
+
+    cli = main(args=["--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+                     "--model.strategy.init_args.embedding", "lightning_noprop.nn.PrototypeEmbedding",
+                     "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)], run=False)  # fmt: skip
+    with pytest.raises(ConfigurationError, match="never initialised from training data.*--ckpt_path"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule)
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
