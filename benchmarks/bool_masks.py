@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import commit, hardware  # noqa: E402
+from provenance import commit, hardware
 
 CASES = {
     "relu": lambda t, m: torch.relu(t),
@@ -61,9 +61,9 @@ def main() -> None:
     results: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         modes = ("eager", "compiled") if r % 2 == 0 else ("compiled", "eager")
-        for name in CASES:
+        for name, eager_fn in CASES.items():
             for mode in modes:
-                fn = CASES[name] if mode == "eager" else compiled[name]
+                fn = eager_fn if mode == "eager" else compiled[name]
                 results.setdefault((name, mode), []).append(time_ms(fn, (x, mask), args.repeats))
     print("\n| case | eager ms | compiled ms | compiled / eager |")
     print("|---|---|---|---|")
