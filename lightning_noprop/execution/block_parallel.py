@@ -6,6 +6,7 @@ torch.distributed process group: gloo on CPU, NCCL on GPU); the difference from 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -114,6 +115,10 @@ class BlockParallelStrategy(DDPStrategy):
     def setup(self, trainer: Any) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             check_block_parallel(self.lightning_module, self.world_size, trainer)
+        # Lightning advises sync_dist for every value logged per epoch on several processes. Here each process logs
+        # the same values (training's come packed with the all-reduce, evaluation runs every batch on every process),
+        # so a sync would only cost a collective per value: say nothing (a run printed 28 of these).
+        warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting")
         super().setup(trainer)
 
     def configure_ddp(self) -> None:
