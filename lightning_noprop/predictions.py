@@ -38,6 +38,7 @@ class PredictionWriter(BasePredictionWriter):
         self._writer: Any = None
         self._rows = 0
         self._files: list[Path] | None = None
+        self._finished = False  # on_predict_end ran: teardown says where the rows went
 
     def csv_path(self, trainer: Trainer) -> Path:
         folder = Path(self.output_dir if self.output_dir is not None else trainer.log_dir or trainer.default_root_dir)
@@ -82,7 +83,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Said here, after the progress bar closed its line in its own on_predict_end (else it lands at the bar's end).
-        if stage == "predict" and getattr(self, "_finished", False):
+        if stage == "predict" and self._finished:
             self._finished = False
             images = "image" if self._rows == 1 else "images"
             print(f"predictions of {self._rows} {images} written to {self.path.resolve()}", flush=True)

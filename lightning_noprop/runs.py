@@ -102,8 +102,8 @@ def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
     last.ckpt: Lightning would evaluate the untrained weights and exit 0."""
     if ckpt_path is None:
         newest = newest_run_checkpoint(trainer)
-        raise ConfigurationError(f"{subcommand} needs trained weights: pass --ckpt_path with a checkpoint's path"
-                                 + (f", e.g. {newest}." if newest else " (fit writes last.ckpt into its run's folder)."))  # fmt: skip
+        example = f", e.g. {newest}." if newest else " (fit writes last.ckpt into its run's folder)."
+        raise ConfigurationError(f"{subcommand} needs trained weights: pass --ckpt_path with a checkpoint's path{example}")
     if ckpt_path == "last" and not last_checkpoints(trainer):
         why, other = _no_last(trainer)
         raise ConfigurationError(f"--ckpt_path last: {why}, so there are no trained weights to {subcommand}: pass a "
