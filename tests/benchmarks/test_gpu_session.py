@@ -65,11 +65,13 @@ def test_the_budget_run_is_the_issues_row_and_its_options_parse():
 
 
 def test_the_budget_runs_cli_options_are_accepted(tmp_path):
+    import accuracy
+
     from lightning_noprop.cli import main as cli_main
 
     command = _budget_command()
     extra = command[command.index("--") + 1 :]
-    config, overrides = __import__("accuracy").ROWS["dt-onehot"]
+    config, overrides = accuracy.ROWS["dt-onehot"]
     cli = cli_main(args=["--config", str(ROOT / config), *overrides, *extra, "--data.synthetic", "true",
                          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)  # fmt: skip
     assert cli.model.hparams.capture_step is True and not cli.trainer.checkpoint_callbacks
