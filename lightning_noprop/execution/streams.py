@@ -63,8 +63,10 @@ class BlockStreams:
 
     @contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
-        # Only an initialised CUDA device: torch.manual_seed would queue a seeding for one initialised later.
-        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        # Only an initialised CUDA device: torch.manual_seed would queue a seeding for one initialised later. Not
+        # is_available(): under Lightning (PYTORCH_NVML_BASED_CUDA_CHECK=1) it loads NVML at every call until CUDA is
+        # initialised, about 0.15 ms a block and batch on a CPU host with a CUDA build of torch.
+        cuda = torch.cuda.is_initialized()
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
             torch.default_generator.manual_seed(seed)
             if cuda:
