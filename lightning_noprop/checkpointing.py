@@ -160,6 +160,29 @@ def check_checkpoint_matches(module: Any, checkpoint: dict[str, Any]) -> None:
         )
 
 
+def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Record under ``checkpoint["lightning_noprop"]`` the model's signature, the global generators' states and the
+    blocks' random streams (run seed, batches trained), so that a resumed run draws what an uninterrupted one draws."""
+    trainer = module.batch_trainer
+    checkpoint["lightning_noprop"] = checkpoint_signature(module)
+    checkpoint["lightning_noprop"]["rng_states"] = rng_states()
+    checkpoint["lightning_noprop"]["streams"] = {"run_seed": trainer.streams.run_seed,
+                                                 "batches_trained": trainer.batches_trained}  # fmt: skip
+
+
+def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another configuration (``check_checkpoint_matches``), then restore what
+    ``save_run_state`` recorded."""
+    check_checkpoint_matches(module, checkpoint)
+    saved_rng = checkpoint["lightning_noprop"].get("rng_states")
+    if saved_rng is not None:
+        set_rng_states(saved_rng)
+    streams = checkpoint["lightning_noprop"].get("streams")
+    if streams is not None:  # the blocks' random streams continue where they stopped
+        module.batch_trainer.streams.run_seed = int(streams["run_seed"])
+        module.batch_trainer.batches_trained = int(streams["batches_trained"])
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the target folder, then renames it into place.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -15,16 +14,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_noprop.checkpointing import (
     check_checkpoint_callbacks,
-    check_checkpoint_matches,
-    checkpoint_signature,
+    restore_run_state,
     rng_states,
+    save_run_state,
     set_rng_states,
 )
-from lightning_noprop.errors import ConfigurationError, NonFiniteLossError
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
 from lightning_noprop.execution.executor import Executor, from_strategy
-from lightning_noprop.execution.training import BatchTrainer, Summary, summarize
+from lightning_noprop.execution.training import BatchTrainer, summarize
+from lightning_noprop.metric_logging import log_accuracy, log_summary, log_window
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
 
@@ -244,32 +244,13 @@ class LocalLearningModule(LightningModule):
             for scheduler in self._schedulers():
                 scheduler.step()
         if self.executor.capture_step:
-            self._log_window(summary, x.shape[0], batch_idx)
+            log_window(self, self.log_window, summary, x.shape[0], batch_idx)
         else:
-            self._log_summary("train", summary)
+            log_summary(self, "train", summary)
         every = self.hparams.train_accuracy_every_n_steps
         # Under block_parallel no process holds every block's current weights between validations.
         if every and batch_idx % every == 0 and self.block_parallel is None:
-            self._log_accuracy("train", self.train_accuracy, self._predict_in_eval_mode(x), y)
-
-    def _log_window(self, summary: Summary, batch_size: int, batch_idx: int) -> None:
-        """Under capture_step: add the batch's values to the window; log its means (and check them) when Lightning
-        writes step values, and at the epoch's last batch."""
-        self.log_window.add(summary, batch_size)
-        trainer = self.trainer
-        stops = batch_idx + 1 >= trainer.num_training_batches or 0 <= trainer.max_steps <= trainer.global_step
-        if not (trainer._logger_connector.should_update_logs or stops):
-            return
-        first = self.batch_trainer.batches_trained - self.log_window.batches
-        means, samples = self.log_window.flush()
-        bad = [block for block, values in means.items() if not torch.isfinite(values["loss"])]
-        if bad:
-            raise NonFiniteLossError(
-                f"Non-finite loss for block(s) {bad} in batches {first}-{self.batch_trainer.batches_trained - 1} of "
-                f"training (epoch {self.current_epoch}). Lower the learning rate, set model.gradient_clip_val, use "
-                "precision 32-true, or run without model.capture_step and with model.nonfinite_loss=skip."
-            )
-        self._log_summary("train", means, batch_size=samples)
+            log_accuracy(self, "train", self.train_accuracy, self._predict_in_eval_mode(x), y)
 
     def _predict_in_eval_mode(self, x: Tensor) -> Prediction:
         self.strategy.eval()
@@ -303,37 +284,14 @@ class LocalLearningModule(LightningModule):
     def _evaluate(self, stage: str, metric: MulticlassAccuracy, batch: tuple[Tensor, Tensor]) -> None:
         x, y = self._images(batch[0]), batch[1]
         results = self.executor.local_losses(self.strategy, x, y, range(self.strategy.num_local_losses))
-        self._log_summary(stage, summarize(results, y))
+        log_summary(self, stage, summarize(results, y))
         steps = self.hparams.validation_inference_steps if stage == "val" else None
-        self._log_accuracy(stage, metric, self.predict_batch(x, steps), y)
+        log_accuracy(self, stage, metric, self.predict_batch(x, steps), y)
 
     def predict_batch(self, x: Tensor, num_steps: int | None = None) -> Prediction:
         """``strategy.predict(x, num_steps)`` as the executor runs it (on a GPU, a CUDA graph under capture_step and
         for NoProp-CT/FM's sampler)."""
         return self.executor.predict(self.strategy, x, num_steps)
-
-    def _log_summary(self, stage: str, summary: Summary, batch_size: int | None = None) -> None:
-        if not summary:
-            return
-        on_step = stage == "train"
-        log = partial(self.log, on_step=on_step, on_epoch=True, batch_size=batch_size)
-        log(f"{stage}/loss", torch.stack([v["loss"] for v in summary.values()]).sum(), prog_bar=True)
-        for block, values in summary.items():
-            log(f"{stage}/block_{block}/loss", values["loss"])
-            if "acc" in values:  # a block with its own classifier: its accuracy, averaged over samples
-                log(f"{stage}/block_{block}/acc", values["acc"])
-        terms = [k for k in next(iter(summary.values())) if k not in ("loss", "acc")]
-        for key in terms:
-            log(f"{stage}/{key}", torch.stack([v[key] for v in summary.values()]).mean())
-
-    def _log_accuracy(self, stage: str, metric: MulticlassAccuracy, prediction: Prediction, y: Tensor) -> None:
-        assert prediction.logits.shape == (y.shape[0], self.strategy.num_classes), (
-            f"logits must be (B, {self.strategy.num_classes}), got {tuple(prediction.logits.shape)}"
-        )
-        metric(prediction.logits, y)
-        # Training accuracy is measured every train_accuracy_every_n_steps batches only, and Lightning writes a step
-        # value again at every logging step until it is logged anew: an epoch value (over the measured batches) alone.
-        self.log(f"{stage}/acc", metric, prog_bar=True, on_step=False, on_epoch=True)
 
     # Validation draws noise from the global RNG; running it on a snapshot keeps the training stream the
     # same whether or not (and how often) validation runs, so a resumed run continues identically.
@@ -347,18 +305,7 @@ class LocalLearningModule(LightningModule):
 
     # --------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lightning_noprop"] = checkpoint_signature(self)
-        checkpoint["lightning_noprop"]["rng_states"] = rng_states()
-        checkpoint["lightning_noprop"]["streams"] = {"run_seed": self.batch_trainer.streams.run_seed,
-                                                     "batches_trained": self.batch_trainer.batches_trained}  # fmt: skip
+        save_run_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_matches(self, checkpoint)
-        saved_rng = checkpoint["lightning_noprop"].get("rng_states")
-        if saved_rng is not None:
-            set_rng_states(saved_rng)
-        streams = checkpoint["lightning_noprop"].get("streams")
-        if streams is not None:  # the blocks' random streams continue where they stopped
-            self.batch_trainer.streams.run_seed = int(streams["run_seed"])
-            self.batch_trainer.batches_trained = int(streams["batches_trained"])
-
+        restore_run_state(self, checkpoint)

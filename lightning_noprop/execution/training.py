@@ -125,7 +125,7 @@ class BatchTrainer:
             if module.executor.backward_mode == "joint":
                 results = list(losses)
                 # One device sync per batch; inspect the blocks one by one only when something is off. A captured step
-                # checks on the device every log_every_n_steps batches instead (LocalLearningModule._log_window).
+                # checks on the device every log_every_n_steps batches instead (metric_logging.log_window).
                 all_finite = not module.executor.checks_every_batch or bool(
                     torch.isfinite(torch.stack([r.loss.detach() for r in results])).all())
                 finite = results if all_finite else [r for r in results if self._is_finite(r, defer_errors)]
