@@ -97,6 +97,13 @@ class NoPropCLI(LightningCLI):
             trainer["callbacks"] = kept
 
     def before_fit(self) -> None:
+        clip = self.trainer.gradient_clip_val
+        if clip is not None:  # Lightning's own refusal advises automatic optimization, which this module cannot use
+            raise ConfigurationError(
+                f"--trainer.gradient_clip_val {clip}: the module steps each block's optimizer itself (manual "
+                f"optimization), so clip there: use --model.gradient_clip_val {clip} instead (each optimizer's "
+                "gradient norm, per block)."
+            )
         config = self.config_init[self.subcommand]
         config["ckpt_path"], continues = resolve_fit_ckpt_path(self.trainer, config.get("ckpt_path"))
         for callback in self.trainer.callbacks:

@@ -158,6 +158,9 @@ BAD_INPUTS = {
     "zero test size": (["--data.test_size", "0"], "test_size must be >= 1"),
     "zero validation steps": (["--model.validation_inference_steps", "0"], "validation_inference_steps must be >= 1"),
     "negative epochs": (["--trainer.max_epochs", "-5"], "max_epochs"),
+    "dropout above 1": (["--model.strategy.init_args.dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
+    "zero width": (["--model.strategy.init_args.width", "0"], "width must be >= 1, got 0"),
+    "trainer's clipping": (["--trainer.gradient_clip_val", "1.0"], "use --model.gradient_clip_val 1.0 instead"),
     # option combinations
     "vmap with per_block": (["--model.block_execution", "vmap", "--model.backward_mode",
                              "per_block"], "needs backward_mode='joint'"),

@@ -7,8 +7,17 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.nn.pooling import MaxPool2d
 from lightning_noprop.nn.time_embedding import SinusoidalTimeEmbedding
+
+
+def check_block_options(dropout: float, width: int) -> None:
+    """Refuse, in one line, a dropout probability outside [0, 1) or a width below 1 for the Fig. 6 networks."""
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigurationError(f"dropout must be in [0, 1), got {dropout} (the paper's: 0.2).")
+    if width < 1:
+        raise ConfigurationError(f"width must be >= 1, got {width} (the paper's: 256).")
 
 
 class ConvEncoder(nn.Sequential):

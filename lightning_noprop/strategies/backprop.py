@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_noprop.diffusion import mix_embeddings, standard_normal_start
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.nn.blocks import denoising_blocks
+from lightning_noprop.nn.blocks import check_block_options, denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
@@ -53,6 +53,7 @@ class Backprop(EmbeddingStrategy):
         if not 0.0 < mixing_init < 1.0:
             raise ConfigurationError(f"mixing_init must be in (0, 1), got {mixing_init}.")
         self.num_blocks = num_blocks
+        check_block_options(dropout, width)
         self.dropout = dropout
         self.width = width
         self.mixing_init = mixing_init

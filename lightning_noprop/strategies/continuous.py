@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_noprop.diffusion import standard_normal_start
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.nn.blocks import TimeConditionedBlock
+from lightning_noprop.nn.blocks import TimeConditionedBlock, check_block_options
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, check_readout, readout_logits
 from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Prediction
@@ -52,6 +52,7 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
         if inference_steps < 1:
             raise ConfigurationError(f"inference_steps must be >= 1, got {inference_steps}.")
         check_readout(readout)
+        check_block_options(dropout, width)
         self.dropout = dropout
         self.width = width
         self.time_dim = time_dim

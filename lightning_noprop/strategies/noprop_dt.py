@@ -19,7 +19,7 @@ from lightning_noprop.diffusion import (
     standard_normal_start,
 )
 from lightning_noprop.errors import ConfigurationError
-from lightning_noprop.nn.blocks import denoising_blocks
+from lightning_noprop.nn.blocks import check_block_options, denoising_blocks
 from lightning_noprop.nn.embeddings import ClassEmbedding
 from lightning_noprop.nn.heads import Head, check_readout, readout_logits
 from lightning_noprop.nn.stacked import call_stacked, stacked_template
@@ -96,6 +96,7 @@ class NoPropDT(EmbeddingStrategy):
         self.num_blocks = num_blocks
         self.noise_schedule = noise_schedule if noise_schedule is not None else CosineSchedule()
         self.eta = eta
+        check_block_options(dropout, width)
         self.dropout = dropout
         self.width = width
         check_readout(readout)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_noprop.nn.blocks import ConvEncoder
+from lightning_noprop.nn.blocks import ConvEncoder, check_block_options
 from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
 
 
@@ -30,6 +30,7 @@ class PlainCNN(Strategy):
 
     def __init__(self, dropout: float = 0.2, width: int = 256) -> None:
         super().__init__()
+        check_block_options(dropout, width)
         self.dropout = dropout
         self.width = width
 

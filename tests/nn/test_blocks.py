@@ -163,3 +163,15 @@ def test_strategies_default_to_the_fig6_dropout_and_width(strategy):
     for network in networks:
         assert [layer[1] for layer in _layers(network) if layer[0] == "dropout"] == [0.2] * 3
         assert network.image_encoder[-2].out_features == 256
+
+
+@pytest.mark.parametrize("options", [{"dropout": 1.5}, {"dropout": -0.1}, {"dropout": 1.0}, {"width": 0}, {"width": -3}],
+                         ids=["dropout-above-1", "negative-dropout", "dropout-1", "zero-width", "negative-width"])  # fmt: skip
+@pytest.mark.parametrize("strategy", ["NoPropDT", "NoPropCT", "NoPropFM", "Backprop", "PlainCNN"])
+def test_a_block_with_an_impossible_dropout_or_width_is_refused_when_configured(strategy, options):
+    from lightning_noprop import strategies
+    from lightning_noprop.errors import ConfigurationError
+
+    name, value = next(iter(options.items()))
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be .*, got {value} \(the paper's"):
+        getattr(strategies, strategy)(**options)
