@@ -1,10 +1,17 @@
 """What ``LocalLearningModule`` logs: ``<stage>/loss`` (the sum of the blocks' losses), ``<stage>/block_{i}/loss``
 (and ``/acc`` for a block with its own classifier), the mean of each named loss term as ``<stage>/<term>``, and
 ``<stage>/acc``; stage is train, val or test. Training values are logged per step and per epoch (Lightning's
-``_step``/``_epoch`` tags, docs/tensorboard.md), evaluation values per epoch."""
+``_step``/``_epoch`` tags, docs/tensorboard.md), evaluation values per epoch.
+
+On several processes the logs show the run's values, not rank 0's: under DDP the training values are averaged over
+the processes (``mean_over_processes``, one all-reduce a logged batch) and the evaluation values with Lightning's
+``sync_dist`` (one sync a value an epoch); under block_parallel every process already holds the same values.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -18,11 +25,57 @@ from lightning_noprop.execution.training import Summary
 from lightning_noprop.strategies.base import Prediction
 
 
-def log_summary(module: LightningModule, stage: str, summary: Summary, batch_size: int | None = None) -> None:
-    """Log a ``Summary`` ({block: {"loss", *terms, ["acc"]}}, 0-d tensors) under ``stage``."""
+def _splits_data(module: LightningModule) -> bool:
+    """Whether the processes see different images (DDP), so that each holds values of its own share."""
+    return module.trainer.world_size > 1 and module.block_parallel is None
+
+
+def quiet_sync_dist_advice(module: LightningModule) -> Callable[[], None]:
+    """On several processes, silence Lightning's advice to ``sync_dist`` the values that need no sync: the training
+    values under DDP (``mean_over_processes`` averaged them already), every value under block_parallel (each process
+    logs the same ones). Returns the function that takes the filter away again (the module's teardown), so a later
+    fit in the same process hears the advice. (A 2-process run printed 10-28 of these.)"""
+    if module.trainer.world_size == 1:
+        return lambda: None
+    key = r"train/" if _splits_data(module) else r""
+    warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('{key}.*when logging on epoch level")
+    entry = warnings.filters[0]
+
+    def restore() -> None:
+        if entry in warnings.filters:
+            warnings.filters.remove(entry)
+
+    return restore
+
+
+def mean_over_processes(module: LightningModule, summary: Summary) -> Summary:
+    """Under DDP: the summary's values averaged over the processes, packed into one tensor for one all-reduce (a
+    ``sync_dist`` per value would cost one each). Every process trains on a share of equal size (torch's
+    DistributedSampler pads), so the mean over processes is the mean over the samples. Otherwise: ``summary``."""
+    if not summary or not _splits_data(module):
+        return summary
+    keys = [(block, field) for block, values in summary.items() for field in values]
+    packed = torch.stack([summary[block][field].detach().float() for block, field in keys])
+    packed = module.trainer.strategy.reduce(packed, reduce_op="mean")
+    means: Summary = {block: {} for block in summary}
+    for (block, field), value in zip(keys, packed.unbind(), strict=True):
+        means[block][field] = value
+    return means
+
+
+def log_summary(module: LightningModule, stage: str, summary: Summary) -> None:
+    """Log a ``Summary`` ({block: {"loss", *terms, ["acc"]}}, 0-d tensors) under ``stage``: a batch's training values
+    averaged over the processes (``mean_over_processes``), evaluation values synced at the epoch's end."""
+    if stage == "train":
+        summary = mean_over_processes(module, summary)
+    _log(module, stage, summary)
+
+
+def _log(module: LightningModule, stage: str, summary: Summary, batch_size: int | None = None) -> None:
     if not summary:
         return
-    log = partial(module.log, on_step=stage == "train", on_epoch=True, batch_size=batch_size)
+    sync_dist = stage != "train" and _splits_data(module)
+    log = partial(module.log, on_step=stage == "train", on_epoch=True, batch_size=batch_size, sync_dist=sync_dist)
     log(f"{stage}/loss", torch.stack([v["loss"] for v in summary.values()]).sum(), prog_bar=True)
     for block, values in summary.items():
         log(f"{stage}/block_{block}/loss", values["loss"])
@@ -48,7 +101,8 @@ def log_accuracy(module: LightningModule, stage: str, metric: MulticlassAccuracy
 
 def log_window(module: LightningModule, window: LogWindow, summary: Summary, batch_size: int, batch_idx: int) -> None:
     """Under capture_step: add the batch's values to ``window``; when Lightning writes step values, and at the
-    epoch's last batch, check its means for a non-finite loss (raising ``NonFiniteLossError``) and log them."""
+    epoch's last batch, average its means over the processes, check them for a non-finite loss (raising
+    ``NonFiniteLossError``) and log them."""
     window.add(summary, batch_size)
     trainer = module.trainer
     stops = batch_idx + 1 >= trainer.num_training_batches or 0 <= trainer.max_steps <= trainer.global_step
@@ -57,6 +111,7 @@ def log_window(module: LightningModule, window: LogWindow, summary: Summary, bat
     trained = module.batch_trainer.batches_trained
     first = trained - window.batches
     means, samples = window.flush()
+    means = mean_over_processes(module, means)  # before the check, so that every process raises or none does
     bad = [block for block, values in means.items() if not torch.isfinite(values["loss"])]
     if bad:
         raise NonFiniteLossError(
@@ -64,4 +119,4 @@ def log_window(module: LightningModule, window: LogWindow, summary: Summary, bat
             f"{module.current_epoch}). Lower the learning rate, set model.gradient_clip_val, use precision 32-true, "
             "or run without model.capture_step and with model.nonfinite_loss=skip."
         )
-    log_summary(module, "train", means, batch_size=samples)
+    _log(module, "train", means, batch_size=samples)

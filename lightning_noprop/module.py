@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -24,7 +25,7 @@ from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
 from lightning_noprop.execution.executor import Executor, from_strategy
 from lightning_noprop.execution.training import BatchTrainer, summarize
-from lightning_noprop.metric_logging import log_accuracy, log_summary, log_window
+from lightning_noprop.metric_logging import log_accuracy, log_summary, log_window, quiet_sync_dist_advice
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
 
@@ -152,6 +153,7 @@ class LocalLearningModule(LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self._rng_before_validation: dict[str, Any] | None = None
+        self._restore_warnings: Callable[[], None] = lambda: None
         self.batch_trainer = BatchTrainer(self, run_seed=torch.initial_seed())
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -165,6 +167,7 @@ class LocalLearningModule(LightningModule):
         self.trainer.precision_plugin.convert_module(self)
 
     def setup(self, stage: str) -> None:
+        self._restore_warnings = quiet_sync_dist_advice(self)
         if stage != "fit":
             return
         check_trainer_supports(self.trainer, self.executor.backward_mode, self.hparams.block_order,
@@ -186,6 +189,9 @@ class LocalLearningModule(LightningModule):
                     "use lightning_noprop.data.ImageDataModule (or a data module with `training_images()`)."
                 )
             self.strategy.initialize_from_data(*datamodule.training_images())
+
+    def teardown(self, stage: str) -> None:
+        self._restore_warnings()
 
     def configure_optimizers(self) -> Any:
         groups = [self.strategy.block_parameters(i) for i in range(self.strategy.num_local_losses)]

@@ -6,8 +6,6 @@ torch.distributed process group: gloo on CPU, NCCL on GPU); the difference from 
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,23 +61,6 @@ def check_block_parallel(module: Any, world_size: int, trainer: Any = None) -> N
         )
 
 
-def quiet_sync_dist_advice() -> Callable[[], None]:
-    """Silence Lightning's advice to sync_dist each value logged per epoch on several processes; returns the function
-    that takes the filter away again (the strategy's teardown), so a later fit in the same process hears it.
-
-    Under block_parallel each process logs the same values (training's come packed with the all-reduce, evaluation
-    runs every batch on every process), so a sync would only cost a collective per value (a run printed 28 of these).
-    """
-    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting")
-    entry = warnings.filters[0]
-
-    def restore() -> None:
-        if entry in warnings.filters:
-            warnings.filters.remove(entry)
-
-    return restore
-
-
 class BlockParallelStrategy(DDPStrategy):
     """One process per device; the blocks of the model are shared out among the processes (``block_owners``).
 
@@ -108,7 +89,6 @@ class BlockParallelStrategy(DDPStrategy):
                 raise ConfigurationError(f"block_parallel does not wrap the model in DDP: drop {option}.")
         super().__init__(**kwargs)
         self._owners: list[int] = []
-        self._restore_warnings: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------------------------------- roles
     @property
@@ -134,12 +114,7 @@ class BlockParallelStrategy(DDPStrategy):
     def setup(self, trainer: Any) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             check_block_parallel(self.lightning_module, self.world_size, trainer)
-        self._restore_warnings = quiet_sync_dist_advice()
         super().setup(trainer)
-
-    def teardown(self) -> None:
-        super().teardown()
-        self._restore_warnings()
 
     def configure_ddp(self) -> None:
         # No DistributedDataParallel wrapper (it would all-reduce every block's gradient): start from one set of

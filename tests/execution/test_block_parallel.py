@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_noprop.execution import block_owners
-from lightning_noprop.execution.block_parallel import check_block_parallel, quiet_sync_dist_advice
+from lightning_noprop.execution.block_parallel import check_block_parallel
 from lightning_noprop.errors import ConfigurationError
 
 from ..conftest import REPO
@@ -153,21 +153,6 @@ def test_what_cannot_train_block_parallel_is_refused(strategy, options, message)
     module = LocalLearningModule(make[strategy](), **module_options)
     with pytest.raises(ConfigurationError, match=message):
         check_block_parallel(module, world_size=2)
-
-
-def test_the_sync_dist_advice_is_quiet_only_until_teardown():
-    import warnings
-
-    message = "It is recommended to use `self.log('val/acc', ..., sync_dist=True)` when logging on epoch level in " \
-              "distributed setting to accumulate the metric across devices."  # fmt: skip
-    before = list(warnings.filters)
-    restore = quiet_sync_dist_advice()
-    with warnings.catch_warnings(record=True) as quiet:
-        warnings.warn(message, UserWarning)
-    restore()
-    assert not quiet and warnings.filters == before
-    with pytest.warns(UserWarning, match="sync_dist"):
-        warnings.warn(message, UserWarning)
 
 
 @pytest.mark.parametrize(("config", "extra"), [
