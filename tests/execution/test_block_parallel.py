@@ -155,19 +155,23 @@ def test_what_cannot_train_block_parallel_is_refused(strategy, options, message)
         check_block_parallel(module, world_size=2)
 
 
-@pytest.mark.parametrize(("config", "extra"), [
-    ("configs/noprop_dt.yaml", ["--model.strategy.init_args.num_blocks", "2", "--model.strategy.init_args.width", "16"]),
-    ("configs/bwbpf.yaml", ["--model.strategy.init_args.backbone.init_args.width", "4"]),
-], ids=["noprop_dt", "bwbpf"])  # fmt: skip
-def test_the_cli_trains_block_parallel_on_two_cpu_processes(config, extra, tmp_path):
-    command = [sys.executable, str(REPO / "main.py"), "fit", "--config", config, "--trainer.strategy", "block_parallel",
+SMALL_DT = ["--model.strategy.init_args.num_blocks", "2", "--model.strategy.init_args.width", "16"]
+
+
+@pytest.mark.parametrize(("config", "strategy", "extra"), [
+    ("configs/noprop_dt.yaml", "block_parallel", SMALL_DT),
+    ("configs/bwbpf.yaml", "block_parallel", ["--model.strategy.init_args.backbone.init_args.width", "4"]),
+    ("configs/noprop_dt.yaml", "ddp", SMALL_DT),  # the logs average the processes' values (test_metric_logging.py)
+], ids=["noprop_dt", "bwbpf", "noprop_dt_ddp"])  # fmt: skip
+def test_the_cli_trains_block_parallel_on_two_cpu_processes(config, strategy, extra, tmp_path):
+    command = [sys.executable, str(REPO / "main.py"), "fit", "--config", config, "--trainer.strategy", strategy,
                "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
                "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--data.synthetic", "true",
                "--data.synthetic_size", "80", "--data.val_size", "16", "--data.batch_size", "8",
                "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sync_dist" not in result.stderr, "every process logs the same values: no advice to sync them"
+    assert "sync_dist" not in result.stderr, "the values logged are the run's: no advice to sync them"
     (last,) = tmp_path.rglob("last.ckpt")
     checkpoint = torch.load(last, weights_only=True)
     assert len(checkpoint["optimizer_states"]) == checkpoint["lightning_noprop"]["num_optimizers"]
