@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from jsonargparse.typing import import_object
@@ -19,31 +19,10 @@ from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differ
 from lightning_noprop.data import DATASETS, ImageDataModule
 from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError, UserError
 from lightning_noprop.module import LocalLearningModule
+from lightning_noprop.parser import USER_ERROR_EXIT_CODE, NoPropArgumentParser
 from lightning_noprop.predictions import PredictionWriter
 from lightning_noprop.reporting import TensorBoardReport
 from lightning_noprop.runs import RunConfig, check_eval_ckpt_path, resolve_fit_ckpt_path
-
-#: The exit status of a user error (the argument parser's own errors exit with 2 as well).
-USER_ERROR_EXIT_CODE = 2
-
-
-class NoPropArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one ``error:`` line and a pointer to ``--help`` (not the whole usage,
-    some 90 lines), and which takes options only as spelt out (an abbreviation such as ``--trainer.max_epoch`` is an
-    error, not silently another option)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error:
-            super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {message}\n(`{prog} --help` lists the options)\n")
-        self.exit(USER_ERROR_EXIT_CODE)
-
 
 #: Trainer options whose int means batches and float a fraction. Lightning 2.6 annotates them Union[float, int, None]
 #: (typing's cache keeps whichever order of an equal Union was made first), so jsonargparse reads "1" as 1.0, which
