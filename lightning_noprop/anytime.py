@@ -74,7 +74,9 @@ def plot_anytime(accuracy: dict[int, float], title: str, x_label: str, log_x: bo
 
 
 class AnytimeCurve(Callback):
-    """At the end of ``test``: the test accuracy after k blocks (DT, backprop, BWBPF) or k sampler steps (CT, FM),
+    """Records, at the end of ``test``, the accuracy after each block or sampler step.
+
+    At the end of ``test``: the test accuracy after k blocks (DT, backprop, BWBPF) or k sampler steps (CT, FM),
     logged as scalars ``test/anytime/acc`` (step = k) and a TensorBoard figure, and saved as a PNG beside the
     tested checkpoint (or in the log folder without one). Costs about sum(k)/max(k) test inferences (DT, T = 10: 5.5).
 

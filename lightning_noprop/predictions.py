@@ -20,7 +20,9 @@ from lightning_noprop.strategies.base import Prediction
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes each predict batch's rows to ``<output_dir>/<filename>`` as it is computed (Lightning's
+    """Writes the predictions of ``predict`` to a CSV file, batch by batch.
+
+    Writes each predict batch's rows to ``<output_dir>/<filename>`` as it is computed (Lightning's
     BasePredictionWriter) and prints the file's path at the end.
 
     Args:

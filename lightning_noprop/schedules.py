@@ -120,7 +120,9 @@ class _PositiveLinear(nn.Linear):
 
 
 class LearnedSchedule(NoiseSchedule):
-    """The learned schedule of App. B (as in Variational Diffusion Models), in NoProp's time direction:
+    """The learned noise schedule of App. B (as in Variational Diffusion Models).
+
+    The learned schedule of App. B (as in Variational Diffusion Models), in NoProp's time direction:
 
         SNR(t) = exp(-gamma(t)),   alpha_bar(t) = sigmoid(-gamma(t)),
         gamma(t) = gamma_0 + (gamma_1 - gamma_0) (1 - gamma_bar(t)),   gamma_bar(t) = (g(t) - g(0)) / (g(1) - g(0))

@@ -63,3 +63,23 @@ def test_the_cli_says_in_one_line_what_to_change(args, phrase, capsys):
     assert phrase in err
     lines = err.splitlines()
     assert len(lines) == 2 and lines[1].endswith(" fit --help` lists the options)"), "one line and the subcommand's help"
+
+
+def _choosable_classes():
+    """Every class of ours that a config can name with class_path (and ``--*.help`` describes), and their kin."""
+    import inspect
+
+    from lightning_noprop import anytime, nn, predictions, reporting, schedules, strategies
+
+    modules = (strategies, nn, schedules, anytime, predictions, reporting)
+    return sorted({obj for module in modules for obj in vars(module).values()
+                   if inspect.isclass(obj) and obj.__module__.startswith("lightning_noprop.")},
+                  key=lambda c: c.__qualname__)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", _choosable_classes(), ids=lambda c: c.__qualname__)
+def test_the_help_describes_each_class_with_a_whole_sentence(cls):
+    """``--model.strategy.help NoPropDT`` shows the docstring's first line alone: it must not stop mid-sentence."""
+    lines = cls.__doc__.strip().splitlines()
+    assert lines[0].endswith("."), f"{cls.__qualname__}'s first docstring line is not a whole sentence: {lines[0]!r}"
+    assert len(lines) == 1 or not lines[1].strip(), "a blank line after the summary, or the summary alone"

@@ -165,7 +165,9 @@ _VGGS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 
 
 
 class VGG(Backbone):
-    """VGG-``depth`` with BatchNorm (conv3x3-BN-ReLU, max-pool after each of 5 stages of 64/128/256/512/512
+    """VGG-``depth`` with BatchNorm, without its classifier (the blocks' heads classify).
+
+    VGG-``depth`` with BatchNorm (conv3x3-BN-ReLU, max-pool after each of 5 stages of 64/128/256/512/512
     channels), without its classifier. Split rule: the 5 stages grouped into K <= 5 near-equal consecutive blocks
     (K = 5: one stage each, the spec's VGG-19 split).
 

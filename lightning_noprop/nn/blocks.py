@@ -21,7 +21,9 @@ def check_block_options(dropout: float, width: int) -> None:
 
 
 class ConvEncoder(nn.Sequential):
-    """conv3x3 32 -> ReLU -> maxpool2 -> dropout -> conv3x3 64 -> ReLU -> dropout -> conv3x3 128 -> ReLU
+    """The image encoder of NoProp's blocks (Fig. 6): three 3x3 convolutions and a linear layer.
+
+    conv3x3 32 -> ReLU -> maxpool2 -> dropout -> conv3x3 64 -> ReLU -> dropout -> conv3x3 128 -> ReLU
     -> maxpool2 -> dropout -> flatten -> FC ``out_features`` -> BatchNorm (``batch_norm``) or ReLU.
 
     Padding 1 keeps the spatial size through each conv (spec: flatten is 128x7x7 for 28x28 inputs,

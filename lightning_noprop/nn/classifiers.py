@@ -29,7 +29,9 @@ class LinearClassifier(AuxiliaryClassifier):
 
 
 class ConvClassifier(AuxiliaryClassifier):
-    """conv3x3 (``channels``) -> BN -> ReLU -> adaptive average pool -> FC (``hidden``) -> ReLU -> FC (m):
+    """A convolutional auxiliary classifier: conv3x3, pooling and a two-layer MLP.
+
+    conv3x3 (``channels``) -> BN -> ReLU -> adaptive average pool -> FC (``hidden``) -> ReLU -> FC (m):
     the richer head of InfoPro's "1c2f" kind.
 
     Args:

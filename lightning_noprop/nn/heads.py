@@ -41,7 +41,9 @@ class SoftmaxHead(Head):
 
 
 class PosteriorHead(Head):
-    """The "posterior" head: y_tilde = softmax(Linear(z)) @ W_Embed and
+    """The "posterior" head: class scores from a Gaussian around each class embedding.
+
+    y_tilde = softmax(Linear(z)) @ W_Embed and
     p(y | z) proportional to exp(-||y_tilde - u_y||^2 / (2 sigma^2)).
 
     Args:

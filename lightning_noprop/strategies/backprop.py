@@ -18,7 +18,9 @@ from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Predi
 
 
 class Backprop(EmbeddingStrategy):
-    """The same T blocks, embedding and head as NoProp-DT, chained and trained end to end with one CE loss:
+    """The backprop baseline of NoProp: NoProp-DT's blocks chained and trained end to end.
+
+    The same T blocks, embedding and head as NoProp-DT, chained and trained end to end with one CE loss:
 
         z_0 ~ N(0, I);  z_t = (1 - a_t) z_{t-1} + a_t u_hat_t(z_{t-1}, x);  logits = head(z_T)
 

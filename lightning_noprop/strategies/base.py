@@ -58,7 +58,9 @@ class Prediction:
 
 
 class Strategy(nn.Module, ABC):
-    """A local-learning method. Subclasses take only hyperparameters in ``__init__`` (so YAML can choose
+    """A local-learning method: the maths of its blocks' losses and of its prediction.
+
+    A local-learning method. Subclasses take only hyperparameters in ``__init__`` (so YAML can choose
     them with ``class_path``) and create their layers in ``_build`` once the data's shape is known."""
 
     #: ``__init__`` arguments that change how the strategy runs or reads out, not what it learns: a checkpoint
@@ -194,7 +196,9 @@ class Strategy(nn.Module, ABC):
 
 
 class EmbeddingStrategy(Strategy, ABC):
-    """Base of the methods that denoise a class embedding (NoProp-DT/CT/FM and their backprop baseline):
+    """Base of the methods that denoise a class embedding (NoProp-DT/CT/FM and their baseline).
+
+    Base of the methods that denoise a class embedding (NoProp-DT/CT/FM and their backprop baseline):
     holds the class embedding W_Embed and the output head, the parameters every block shares.
 
     Args:

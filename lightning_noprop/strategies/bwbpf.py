@@ -16,7 +16,9 @@ from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
 
 
 class BWBPF(Strategy):
-    """Block-wise BP-free training (Cheng et al., ICASSP 2024). Block k maps the (detached) output of block
+    """BWBPF (Cheng et al., ICASSP 2024): a backbone cut into blocks, each trained by its own classifier.
+
+    Block-wise BP-free training (Cheng et al., ICASSP 2024). Block k maps the (detached) output of block
     k - 1 to features h_k; its classifier g_k gives logits and the local loss CE(g_k(h_k), y) trains block k and
     g_k alone. The last block's classifier is the network's output, trained by the global loss CE of the final
     logits, which is that block's local loss.

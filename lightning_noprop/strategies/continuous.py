@@ -18,7 +18,9 @@ from lightning_noprop.strategies.base import BlockLoss, EmbeddingStrategy, Predi
 
 
 class ContinuousTimeStrategy(EmbeddingStrategy):
-    """One network u(x, z, t) shared over time, so one local loss (one block optimizer) plus the shared
+    """Base of NoProp-CT and NoProp-FM: one network u(x, z, t) shared over time.
+
+    One network u(x, z, t) shared over time, so one local loss (one block optimizer) plus the shared
     head/embedding optimizer. Subclasses define the loss (``loss``) and the sampler (``sample``).
 
     Args:

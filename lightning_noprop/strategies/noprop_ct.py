@@ -25,7 +25,9 @@ from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
 
 
 class NoPropCT(ContinuousTimeStrategy):
-    """NoProp in continuous time. Each sample draws its own t ~ U[0, 1] and z_t ~ q(z_t | y) (Eq. 6); the
+    """NoProp-CT (Li et al., 2025): one network u(x, z, t) learns to denoise a label embedding for any t in [0, 1].
+
+    NoProp in continuous time. Each sample draws its own t ~ U[0, 1] and z_t ~ q(z_t | y) (Eq. 6); the
     network predicts u_hat(z_t, x, t) = softmax(logits) @ W_Embed and the loss is
 
         L = CE(head(z_1), y) + KL(q(z_0 | y) || N(0, I)) + (eta / 2) E_t[ SNR'(t) ||u_hat(z_t, x, t) - u_y||^2 ]

@@ -45,7 +45,9 @@ class SharedTerms:
 
 
 class NoPropDT(EmbeddingStrategy):
-    """NoProp in discrete time. Block t (1-indexed, code index t - 1) sees the image x and a fresh sample
+    """NoProp-DT (Li et al., 2025): T blocks, each trained on its own to denoise a noisy label embedding (Eq. 8).
+
+    NoProp in discrete time. Block t (1-indexed, code index t - 1) sees the image x and a fresh sample
     z_{t-1} ~ q(z_{t-1} | y), never another block's output, and minimises (Eq. 8)
 
         L_t = CE(head(z_T), y) + KL(q(z_0 | y) || N(0, I))

@@ -18,7 +18,9 @@ from lightning_noprop.strategies.continuous import ContinuousTimeStrategy
 
 
 class NoPropFM(ContinuousTimeStrategy):
-    """NoProp with flow matching. Each sample draws t ~ U[0, 1] and z_0 ~ N(0, I); on the straight path
+    """NoProp-FM (Li et al., 2025): one network that learns the flow from noise to the label embedding.
+
+    NoProp with flow matching. Each sample draws t ~ U[0, 1] and z_0 ~ N(0, I); on the straight path
 
         z_t = t u_y + (1 - t) z_0 (+ sigma eps),   v_hat = logits(x, z_t, t) @ W_Embed   (no softmax)
 

@@ -13,7 +13,9 @@ from lightning_noprop.strategies.base import BlockLoss, Prediction, Strategy
 
 
 class PlainCNN(Strategy):
-    """The image encoder of NoProp-DT's block (Fig. 6: three 3x3 convs, FC ``width``, BatchNorm) and a linear
+    """A plain CNN trained by backprop: NoProp-DT's image encoder and a linear classifier.
+
+    The image encoder of NoProp-DT's block (Fig. 6: three 3x3 convs, FC ``width``, BatchNorm) and a linear
     classifier, trained with one cross-entropy loss: logits = Linear(ConvEncoder(x)), (B, C, H, W) -> (B, m).
 
     Not a method of the papers. It answers whether the DT-matched ``Backprop`` chain (ten such encoders joined by
