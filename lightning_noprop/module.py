@@ -27,7 +27,7 @@ from lightning_noprop.execution.executor import Executor, from_strategy
 from lightning_noprop.execution.training import BatchTrainer, summarize
 from lightning_noprop.metric_logging import log_accuracy, log_summary, log_window, quiet_sync_dist_advice
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
-from lightning_noprop.trainer_checks import check_trainer_supports, warn_about_step_budget
+from lightning_noprop.trainer_checks import check_schedulers, check_trainer_supports, warn_about_step_budget
 
 
 def paper_adamw(params: Any) -> Optimizer:
@@ -138,13 +138,7 @@ class LocalLearningModule(LightningModule):
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ConfigurationError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
         strategy.build(num_classes, image_shape)
-        if self.executor.requires_joint_backward(strategy) and (backward_mode, block_order) != ("joint", "every_batch"):
-            cause = ("block_execution 'vmap' runs the blocks in one graph" if self.executor.batches_blocks else
-                     f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
-                     "(e.g. detach_between_blocks=false)")  # fmt: skip
-            raise ConfigurationError(f"{cause}, which needs backward_mode='joint' and block_order='every_batch'; got "
-                                     f"{backward_mode!r} and {block_order!r}.")  # fmt: skip
-        self.executor.prepare(strategy, nonfinite_loss)
+        self.executor.prepare(strategy, nonfinite_loss, block_order)
         self.log_window = LogWindow()
         self.strategy = strategy
         self.optimizer_factory = optimizer
@@ -209,9 +203,7 @@ class LocalLearningModule(LightningModule):
             schedulers = [self.lr_scheduler_factory(optimizer) for optimizer in optimizers]
         except ValueError as error:
             raise ConfigurationError(f"model.lr_scheduler: {error}; change it in model.lr_scheduler.init_args.") from error
-        if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
-            raise ConfigurationError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
-                             "that steps on its own (CosineAnnealingLR, StepLR, ...).")  # fmt: skip
+        check_schedulers(self.trainer, schedulers, self.hparams.lr_scheduler_interval)
         return optimizers, schedulers
 
     def _optimizers(self) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -66,3 +67,27 @@ def warn_about_step_budget(trainer: Any, optimizer_steps_per_batch: int) -> None
     else:
         return
     rank_zero_warn(f"global_step counts optimizer steps, {optimizer_steps_per_batch} per batch here; {advice}.")
+
+
+def check_schedulers(trainer: Any, schedulers: list, interval: str) -> None:
+    """Refuse ReduceLROnPlateau (the module steps the schedulers itself, with no metric to monitor). Warn when a
+    CosineAnnealingLR's T_max is not the run's length in its interval (``max_epochs``, or the training batches of
+    the run): a shorter run stops before the learning rate anneals, a longer one sees it rise again. The BWBPF
+    configs set T_max 400 for their 400 epochs."""
+    if any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in schedulers):
+        raise ConfigurationError("ReduceLROnPlateau needs a monitored metric and is not supported; use a scheduler "
+                                 "that steps on its own (CosineAnnealingLR, StepLR, ...).")  # fmt: skip
+    cosine = [s for s in schedulers if isinstance(s, torch.optim.lr_scheduler.CosineAnnealingLR)]
+    if not cosine or getattr(trainer, "fast_dev_run", 0) or getattr(trainer, "max_steps", -1) not in (-1, None):
+        return
+    if interval == "epoch":
+        length, unit = trainer.max_epochs, "epoch(s)"
+    else:
+        length, unit = trainer.estimated_stepping_batches, "training batch(es)"
+    t_max = cosine[0].T_max
+    if length is None or length < 0 or length == float("inf") or t_max == length:
+        return
+    effect = "not reach its minimum" if length < t_max else "rise again after T_max (the schedule is periodic)"
+    rank_zero_warn(f"model.lr_scheduler: CosineAnnealingLR's T_max is {t_max} but this run is {int(length)} {unit} long "
+                   f"(lr_scheduler_interval {interval}), so the learning rate will {effect}: set "
+                   f"--model.lr_scheduler.init_args.T_max {int(length)} to anneal over the run.")  # fmt: skip

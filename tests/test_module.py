@@ -293,6 +293,23 @@ def test_no_step_warning_without_a_step_budget(tmp_path, recwarn):
     assert not [w for w in recwarn if "global_step counts optimizer steps" in str(w.message)]
 
 
+@pytest.mark.parametrize(("interval", "t_max", "warning"), [
+    ("epoch", 400, ("T_max is 400 but this run is 1 epoch(s) long (lr_scheduler_interval epoch), so the learning "
+                    "rate will not reach its minimum: set --model.lr_scheduler.init_args.T_max 1")),
+    ("epoch", 1, None),
+    ("step", 2, None),  # 2 batches
+    ("step", 1, ("this run is 2 training batch(es) long (lr_scheduler_interval step), so the learning rate will "
+                 "rise again after T_max")),
+])  # fmt: skip
+def test_a_cosine_schedule_of_another_length_than_the_run_warns(interval, t_max, warning, tmp_path, recwarn):
+    schedule = partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=t_max)
+    module = tiny_module(lr_scheduler=schedule, lr_scheduler_interval=interval)
+    trainer(tmp_path, limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    heard = [str(w.message) for w in recwarn if "CosineAnnealingLR's T_max" in str(w.message)]
+    assert len(heard) == (warning is not None), heard
+    assert warning is None or warning in heard[0]
+
+
 @pytest.mark.parametrize(
     "make",
     [lambda: NoPropDT(num_blocks=2, width=8), lambda: Backprop(num_blocks=2, width=8),

@@ -70,8 +70,14 @@ class Executor:
             return strategy.stacked_block_losses(x, y, blocks)
         return strategy.local_losses(x, y, blocks)
 
-    def prepare(self, strategy: Any, nonfinite_loss: str) -> None:
+    def prepare(self, strategy: Any, nonfinite_loss: str, block_order: str = "every_batch") -> None:
         """Check what the options cannot run with ``strategy``, then lay out and compile its blocks."""
+        if self.requires_joint_backward(strategy) and (self.backward_mode, block_order) != ("joint", "every_batch"):
+            cause = ("block_execution 'vmap' runs the blocks in one graph" if self.batches_blocks else
+                     f"{type(strategy).__name__} as configured back-propagates each local loss through earlier blocks "
+                     "(e.g. detach_between_blocks=false)")  # fmt: skip
+            raise ConfigurationError(f"{cause}, which needs backward_mode='joint' and block_order='every_batch'; got "
+                                     f"{self.backward_mode!r} and {block_order!r}.")  # fmt: skip
         if self.batches_blocks and not callable(getattr(strategy, "stacked_block_losses", None)):
             raise ConfigurationError(f"block_execution 'vmap' batches NoProp-DT's blocks; {type(strategy).__name__} "
                                      "has no batched form: set model.block_execution loop.")  # fmt: skip
