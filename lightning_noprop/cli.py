@@ -18,6 +18,7 @@ from lightning_noprop.anytime import AnytimeCurve
 from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differences, read_checkpoint
 from lightning_noprop.data import DATASETS, ImageDataModule
 from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError, UserError
+from lightning_noprop.lightning_noise import CONTINUATION, EVALUATION, quiet, quiet_lightning
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.parser import USER_ERROR_EXIT_CODE, NoPropArgumentParser
 from lightning_noprop.predictions import PredictionWriter
@@ -85,11 +86,14 @@ class NoPropCLI(LightningCLI):
             )
         config = self.config_init[self.subcommand]
         config["ckpt_path"], continues = resolve_fit_ckpt_path(self.trainer, config.get("ckpt_path"))
+        if continues:
+            quiet(CONTINUATION)
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunConfig):
                 callback.continues_run = continues
 
     def _check_eval_ckpt_path(self) -> None:
+        quiet(EVALUATION)
         check_eval_ckpt_path(self.trainer, self.config_init[self.subcommand].get("ckpt_path"), self.subcommand)
 
     before_validate = before_test = before_predict = _check_eval_ckpt_path
@@ -235,15 +239,16 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
     traceback; any other exception is a bug and propagates with its traceback.
     """
     try:
-        return NoPropCLI(
-            LocalLearningModule,
-            ImageDataModule,
-            auto_configure_optimizers=False,
-            save_config_callback=RunConfig,
-            trainer_defaults=trainer_defaults(),
-            args=args,
-            run=run,
-        )
+        with quiet_lightning():
+            return NoPropCLI(
+                LocalLearningModule,
+                ImageDataModule,
+                auto_configure_optimizers=False,
+                save_config_callback=RunConfig,
+                trainer_defaults=trainer_defaults(),
+                args=args,
+                run=run,
+            )
     except Exception as error:
         cause = user_error_behind(error)
         if cause is None:

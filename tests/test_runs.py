@@ -130,3 +130,44 @@ def test_evaluating_without_a_checkpoint_is_refused(subcommand, tmp_path, capsys
     err = user_error(capsys, subcommand, "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir",
                      str(tmp_path))  # fmt: skip
     assert f"{subcommand} needs trained weights: pass --ckpt_path" in err
+
+
+#: Lightning's messages that ask nothing of the user here (lightning_noprop/lightning_noise.py says why each).
+NOISE = ("LeafSpec", "not supported by the model summary", "exists and is not empty", "The dirpath has changed",
+         "seamless cloud logging")  # fmt: skip
+
+
+def test_a_requeued_run_and_its_evaluation_print_none_of_lightnings_noise(tmp_path, recwarn, caplog, capsys):
+    requeue = ["--trainer.logger.init_args.version", "0", "--ckpt_path", "last", "--trainer.precision", "bf16-mixed",
+               "--trainer.enable_model_summary", "true"]  # fmt: skip
+    fit_cli(tmp_path, "--trainer.max_epochs", "1", *requeue)
+    fit_cli(tmp_path, "--trainer.max_epochs", "2", *requeue)  # continues in its folder, which holds its checkpoints
+    (last,) = tmp_path.rglob("last.ckpt")
+    run("test", "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path",
+        str(last), "--trainer.enable_progress_bar", "false")  # fmt: skip
+    printed = [str(w.message) for w in recwarn] + [caplog.text, *capsys.readouterr()]
+    assert [noise for noise in NOISE if any(noise in text for text in printed)] == []
+    assert any("starts from scratch there" in str(w.message) for w in recwarn), "our own warnings are still heard"
+
+
+def test_the_litlogger_tip_is_quiet_within_a_cli_run_only():
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning_utilities.core import rank_zero
+
+    from lightning_noprop.lightning_noise import quiet_lightning
+
+    heard = []
+    handler = logging.Handler()
+    handler.emit = heard.append
+    rank_zero.log.addHandler(handler)
+    try:
+        tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)"
+        with quiet_lightning():
+            rank_zero_info(tip)
+            rank_zero_info("our own line")
+        rank_zero_info(tip)
+    finally:
+        rank_zero.log.removeHandler(handler)
+    assert [record.getMessage()[:6] for record in heard] == ["our ow", tip[:6]]

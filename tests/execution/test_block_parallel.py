@@ -172,6 +172,7 @@ def test_the_cli_trains_block_parallel_on_two_cpu_processes(config, strategy, ex
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sync_dist" not in result.stderr, "the values logged are the run's: no advice to sync them"
+    assert "seamless cloud logging" not in result.stdout + result.stderr, "Lightning's advertisement (lightning_noise.py)"
     (last,) = tmp_path.rglob("last.ckpt")
     checkpoint = torch.load(last, weights_only=True)
     assert len(checkpoint["optimizer_states"]) == checkpoint["lightning_noprop"]["num_optimizers"]
