@@ -23,7 +23,13 @@ from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.parser import USER_ERROR_EXIT_CODE, NoPropArgumentParser
 from lightning_noprop.predictions import PredictionWriter
 from lightning_noprop.reporting import TensorBoardReport
-from lightning_noprop.runs import RunConfig, check_eval_ckpt_path, resolve_fit_ckpt_path
+from lightning_noprop.runs import (
+    RunConfig,
+    check_eval_ckpt_path,
+    new_run_dir,
+    remove_refused_run_dir,
+    resolve_fit_ckpt_path,
+)
 
 #: Trainer options whose int means batches and float a fraction. Lightning 2.6 annotates them Union[float, int, None]
 #: (typing's cache keeps whichever order of an equal Union was made first), so jsonargparse reads "1" as 1.0, which
@@ -91,6 +97,15 @@ class NoPropCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunConfig):
                 callback.continues_run = continues
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        folder = new_run_dir(self.trainer) if rank_zero_only.rank == 0 else None
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as error:
+            if user_error_behind(error) is not None:  # a refused run leaves no folder behind (a bug's run does)
+                remove_refused_run_dir(self.trainer, folder)
+            raise
 
     def _check_eval_ckpt_path(self) -> None:
         quiet(EVALUATION)

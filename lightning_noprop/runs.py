@@ -3,6 +3,7 @@ what happens when a fit continues in it, an evaluation runs in it, or a new run 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,25 @@ def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
     # folder (default_root_dir, a logger's save_dir) may hold other runs' checkpoints too.
     inside = _versioned(trainer) and run_dir(trainer).resolve() in path.parents
     return ckpt_path, path.parent in folders or inside
+
+
+def new_run_dir(trainer: Any) -> Path | None:
+    """The run's own folder (``save_dir/name/version_N``) if this run is about to create it, else None."""
+    if not _versioned(trainer):
+        return None
+    folder = run_dir(trainer)
+    return None if folder.exists() else folder
+
+
+def remove_refused_run_dir(trainer: Any, folder: Path | None) -> None:
+    """Remove ``folder`` (``new_run_dir``, created by this run) when the run was refused before it trained a step
+    or wrote a checkpoint: it holds only the run's config and logger files, and a folder per refused run would
+    crowd TensorBoard's run list and the version numbers."""
+    if folder is None or not folder.is_dir() or trainer.global_step > 0 or next(folder.rglob("*.ckpt"), None):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):  # the logger's name folder, if this run made it
+        folder.parent.rmdir()
 
 
 def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:

@@ -171,3 +171,14 @@ def test_the_litlogger_tip_is_quiet_within_a_cli_run_only():
     finally:
         rank_zero.log.removeHandler(handler)
     assert [record.getMessage()[:6] for record in heard] == ["our ow", tip[:6]]
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
+    """The run's version folder (config.yaml, the logger's files) goes with a user error raised before a step; a
+    trained run's folder stays."""
+    refused = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    user_error(capsys, *refused, "--trainer.precision", "16-true")  # refused in the module's setup
+    assert list(tmp_path.iterdir()) == []
+    _, last = fit(tmp_path, "--trainer.max_epochs", "1")
+    user_error(capsys, *refused, "--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau")
+    assert [p.name for p in last.parent.parent.parent.iterdir()] == ["version_0"]
