@@ -84,15 +84,16 @@ class NoPropCLI(LightningCLI):
 
     def before_fit(self) -> None:
         clip = self.trainer.gradient_clip_val
-        if clip is not None:  # Lightning's own refusal advises automatic optimization, which this module cannot use
+        if clip:  # Lightning's own refusal (of a value > 0) advises automatic optimization, which this module cannot use
+            value = clip if clip > 0 else "<a value > 0>"
             raise ConfigurationError(
                 f"--trainer.gradient_clip_val {clip}: the module steps each block's optimizer itself (manual "
-                f"optimization), so clip there: use --model.gradient_clip_val {clip} instead (each optimizer's "
+                f"optimization), so clip there: use --model.gradient_clip_val {value} instead (each optimizer's "
                 "gradient norm, per block)."
             )
         config = self.config_init[self.subcommand]
         config["ckpt_path"], continues = resolve_fit_ckpt_path(self.trainer, config.get("ckpt_path"))
-        if continues:
+        if continues and config["ckpt_path"] is not None:  # resumes in its own folder, which holds its checkpoints
             quiet(CONTINUATION)
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunConfig):

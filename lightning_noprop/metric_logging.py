@@ -11,11 +11,11 @@ the processes (``mean_over_processes``, one all-reduce a logged batch) and the e
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -30,22 +30,33 @@ def _splits_data(module: LightningModule) -> bool:
     return module.trainer.world_size > 1 and module.block_parallel is None
 
 
-def quiet_sync_dist_advice(module: LightningModule) -> Callable[[], None]:
-    """On several processes, silence Lightning's advice to ``sync_dist`` the values that need no sync: the training
-    values under DDP (``mean_over_processes`` averaged them already), every value under block_parallel (each process
-    logs the same ones). Returns the function that takes the filter away again (the module's teardown), so a later
-    fit in the same process hears the advice. (A 2-process run printed 10-28 of these.)"""
-    if module.trainer.world_size == 1:
-        return lambda: None
-    key = r"train/" if _splits_data(module) else r""
-    warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('{key}.*when logging on epoch level")
-    entry = warnings.filters[0]
+class QuietSyncDistAdvice(Callback):
+    """On several processes, silences Lightning's advice to ``sync_dist`` the values that need no sync: the training
+    values under DDP (``mean_over_processes`` averaged them already), every value of the module under block_parallel
+    (each process logs the same ones); from setup to teardown, or to an exception, so that a later fit in the same
+    process hears the advice. (A 2-process run printed 10-28 of these.) The module adds it (configure_callbacks)."""
 
-    def restore() -> None:
-        if entry in warnings.filters:
-            warnings.filters.remove(entry)
+    def __init__(self) -> None:
+        self._entry: Any = None
 
-    return restore
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove()
+        if trainer.world_size == 1:
+            return
+        keys = r"train/" if _splits_data(pl_module) else r"(train|val|test)/"
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('{keys}.*when logging on epoch level")
+        self._entry = warnings.filters[0]
+
+    def _remove(self) -> None:
+        if self._entry in warnings.filters:
+            warnings.filters.remove(self._entry)
+        self._entry = None
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove()
 
 
 def mean_over_processes(module: LightningModule, summary: Summary) -> Summary:
@@ -84,6 +95,17 @@ def _log(module: LightningModule, stage: str, summary: Summary, batch_size: int 
     terms = [k for k in next(iter(summary.values())) if k not in ("loss", "acc")]
     for key in terms:
         log(f"{stage}/{key}", torch.stack([v[key] for v in summary.values()]).mean())
+
+
+def log_skipped_updates(module: LightningModule) -> None:
+    """Under ``nonfinite_loss="skip"``, at an epoch's end: ``train/skipped_updates``, the block updates skipped for a
+    non-finite loss in the epoch, summed over the processes (each logs its count, zero too, so that every process
+    joins the sync)."""
+    if module.hparams.nonfinite_loss != "skip":
+        return
+    count, module.batch_trainer.skipped_updates = module.batch_trainer.skipped_updates, 0
+    module.log("train/skipped_updates", float(count), reduce_fx="sum", on_step=False, on_epoch=True,
+               sync_dist=module.trainer.world_size > 1)  # fmt: skip
 
 
 def log_accuracy(module: LightningModule, stage: str, metric: MulticlassAccuracy, prediction: Prediction,

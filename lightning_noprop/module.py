@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
@@ -25,7 +24,13 @@ from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
 from lightning_noprop.execution.executor import Executor, from_strategy
 from lightning_noprop.execution.training import BatchTrainer, summarize
-from lightning_noprop.metric_logging import log_accuracy, log_summary, log_window, quiet_sync_dist_advice
+from lightning_noprop.metric_logging import (
+    QuietSyncDistAdvice,
+    log_accuracy,
+    log_skipped_updates,
+    log_summary,
+    log_window,
+)
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_schedulers, check_trainer_supports, warn_about_step_budget
 
@@ -147,7 +152,6 @@ class LocalLearningModule(LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self._rng_before_validation: dict[str, Any] | None = None
-        self._restore_warnings: Callable[[], None] = lambda: None
         self.batch_trainer = BatchTrainer(self, run_seed=torch.initial_seed())
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -161,7 +165,6 @@ class LocalLearningModule(LightningModule):
         self.trainer.precision_plugin.convert_module(self)
 
     def setup(self, stage: str) -> None:
-        self._restore_warnings = quiet_sync_dist_advice(self)
         if stage != "fit":
             return
         check_trainer_supports(self.trainer, self.executor.backward_mode, self.hparams.block_order,
@@ -184,8 +187,8 @@ class LocalLearningModule(LightningModule):
                 )
             self.strategy.initialize_from_data(*datamodule.training_images())
 
-    def teardown(self, stage: str) -> None:
-        self._restore_warnings()
+    def configure_callbacks(self) -> list[Callback]:
+        return [QuietSyncDistAdvice()]
 
     def configure_optimizers(self) -> Any:
         groups = [self.strategy.block_parameters(i) for i in range(self.strategy.num_local_losses)]
@@ -207,14 +210,10 @@ class LocalLearningModule(LightningModule):
         return optimizers, schedulers
 
     def _optimizers(self) -> list:
-        optimizers = self.optimizers()
-        return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        return _as_list(self.optimizers())
 
     def _schedulers(self) -> list:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return []
-        return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
+        return _as_list(self.lr_schedulers())
 
     # -------------------------------------------------------------------------------------------- training
     def active_blocks(self) -> list[int]:
@@ -259,6 +258,7 @@ class LocalLearningModule(LightningModule):
             self.strategy.train()
 
     def on_train_epoch_end(self) -> None:
+        log_skipped_updates(self)
         if self.hparams.lr_scheduler_interval == "epoch":
             for scheduler in self._schedulers():
                 scheduler.step()
@@ -307,3 +307,8 @@ class LocalLearningModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_run_state(self, checkpoint)
+
+
+def _as_list(value: Any) -> list:
+    """Lightning's ``optimizers()``/``lr_schedulers()``: one object, a list of them, or None (no schedulers)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]

@@ -20,32 +20,57 @@ _NOT_THE_CAUSE = ("Expected a <class 'NoneType'>", "Expected a path but", "Expec
 
 def distil(message: str) -> str:
     """jsonargparse's message for a wrong value nested in classes and unions (a dozen indented lines) as one line:
-    the option's full key, the class it belongs to, and the innermost ``Expected ...`` with the value given, e.g.
-    ``model.strategy.init_args.backbone.init_args.depth (lightning_noprop.nn.ResNet): Expected a
-    typing.Literal[18, 34, 50, 101, 152]. Got value: 20``. A message without such a line comes back unchanged."""
+    the option's full key, the class it belongs to, and the innermost cause (a union's branches joined with "or")
+    with the value given, e.g. ``model.strategy.init_args.backbone.init_args.depth (lightning_noprop.nn.ResNet):
+    Expected a typing.Literal[18, 34, 50, 101, 152]. Got value: 20``. A message without a cause comes back as it
+    was."""
     lines = [(len(line) - len(line.lstrip()), line.strip().removeprefix("- ")) for line in message.splitlines()]
-    lines = [(indent, text) for indent, text in lines if text]
-    causes = [i for i, (_, text) in enumerate(lines) if text.startswith(("Expected", "Option '")) and
+    lines = [(indent, _cause_of(text)) for indent, text in lines if text]
+    causes = [i for i, (_, text) in enumerate(lines) if text.startswith(("Expected", "Option '", _NAMED)) and
               not text.startswith(_NOT_THE_CAUSE)]  # fmt: skip
     if len(lines) < 2:
         return message
     if not causes:
         return _unknown_class(lines) or message
-    cause = max(causes, key=lambda i: lines[i][0])  # the deepest: what the innermost option expected
+    deepest = max(lines[i][0] for i in causes)  # what the innermost option expected
+    first = next(i for i in causes if lines[i][0] == deepest)
     ancestors: list[tuple[int, str]] = []
-    for indent, text in lines[:cause]:
+    for indent, text in lines[:first]:
         while ancestors and ancestors[-1][0] >= indent:
             ancestors.pop()
         ancestors.append((indent, text))
     keys = [key for _, text in ancestors for key in _KEY.findall(text)]
     classes = [name for _, text in ancestors for name in _CLASS.findall(text)]
-    indent, text = lines[cause]
-    if "Got value" not in text:  # a union's branch: the value is given below it, once for all branches
-        given = next((t for i, t in lines[cause:] if t.startswith("Given value:") and i < indent), None)
+    branches = [lines[first][1]]  # and the same union's other branches, the lines that follow at the same depth
+    for indent, text in lines[first + 1:]:
+        if indent != deepest:
+            break
+        if text.startswith("Expected") and not text.startswith(_NOT_THE_CAUSE):
+            branches.append(text)
+    text = " or ".join([branches[0], *(b.removeprefix("Expected ") for b in branches[1:])])
+    if text.startswith("Expected") and "Got value" not in text:  # a union's: the value is given once, below
+        given = next((t for i, t in lines[first:] if t.startswith("Given value:") and i < deepest), None)
         if given is not None:
-            text = f"{text}. Got value: {given.removeprefix('Given value: ').split('. Got value:')[0]}"
+            text = f"{text}. Got value: {given.removeprefix('Given value: ')}"
     where = f" ({classes[-1]})" if classes else ""
-    return f"{'.init_args.'.join(keys)}{where}: {text}" if keys else message
+    return f"{'.init_args.'.join(keys)}{where}: {_strip_namespace(text)}" if keys else message
+
+
+_NAMED = "no such class: "
+
+
+def _cause_of(text: str) -> str:
+    """A callable option's failure ("Type ... expects a function or a callable class: module 'torch.optim' has no
+    attribute 'Foo'") as its cause alone; a nested option's ("...: Parser key ...") and other lines as they are."""
+    _, found, cause = text.partition("expects a function or a callable class: ")
+    if not found or _KEY.search(cause):
+        return text
+    return _NAMED + _strip_namespace(cause).split(". Got value:")[0]
+
+
+def _strip_namespace(text: str) -> str:
+    """Without the trailing ". Got value: Namespace(...)" (the whole parsed class) after the value itself."""
+    return re.sub(r"\. Got value: Namespace\(.*$", "", text)
 
 
 def _unknown_class(lines: list[tuple[int, str]]) -> str | None:

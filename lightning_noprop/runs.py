@@ -107,14 +107,15 @@ def new_run_dir(trainer: Any) -> Path | None:
 
 
 def remove_refused_run_dir(trainer: Any, folder: Path | None) -> None:
-    """Remove ``folder`` (``new_run_dir``, created by this run) when the run was refused before it trained a step
-    or wrote a checkpoint: it holds only the run's config and logger files, and a folder per refused run would
-    crowd TensorBoard's run list and the version numbers."""
-    if folder is None or not folder.is_dir() or trainer.global_step > 0 or next(folder.rglob("*.ckpt"), None):
+    """Remove ``folder`` (``new_run_dir``: this run created it) when the run was refused before any loop began
+    (no sanity check, training, validation, test or predict batch), so that it holds only the run's config and
+    logger files: a folder per refused run would crowd TensorBoard's run list and the version numbers."""
+    configs = [c for c in trainer.callbacks if isinstance(c, RunConfig)]
+    if folder is None or not folder.is_dir() or not configs or any(c.loop_began for c in configs):
+        return
+    if next(folder.rglob("*.ckpt"), None):
         return
     shutil.rmtree(folder, ignore_errors=True)
-    if folder.parent.is_dir() and not any(folder.parent.iterdir()):  # the logger's name folder, if this run made it
-        folder.parent.rmdir()
 
 
 def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
@@ -137,6 +138,12 @@ class RunConfig(SaveConfigCallback):
     run is refused with a user error, not Lightning's traceback."""
 
     continues_run = False
+    loop_began = False  # whether a sanity check, training, validation, test or predict loop began (so it logged)
+
+    def _loop_begins(self, *_: Any) -> None:
+        self.loop_began = True
+
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _loop_begins
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir and not self.overwrite:

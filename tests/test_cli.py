@@ -161,6 +161,7 @@ BAD_INPUTS = {
     "dropout above 1": (["--model.strategy.init_args.dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     "zero width": (["--model.strategy.init_args.width", "0"], "width must be >= 1, got 0"),
     "trainer's clipping": (["--trainer.gradient_clip_val", "1.0"], "use --model.gradient_clip_val 1.0 instead"),
+    "trainer's negative clipping": (["--trainer.gradient_clip_val", "-1"], "use --model.gradient_clip_val <a value > 0>"),
     # option combinations
     "vmap with per_block": (["--model.block_execution", "vmap", "--model.backward_mode",
                              "per_block"], "needs backward_mode='joint'"),

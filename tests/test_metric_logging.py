@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from lightning_noprop.metric_logging import _log, log_summary, mean_over_processes, quiet_sync_dist_advice
+from lightning_noprop.metric_logging import QuietSyncDistAdvice, _log, log_summary, mean_over_processes
 from lightning_noprop.strategies import NoPropDT
 
 
@@ -87,16 +87,19 @@ def advice(key: str) -> str:
             "distributed setting to accumulate the metric across devices.")  # fmt: skip
 
 
-@pytest.mark.parametrize(("block_parallel", "quiet"), [(False, {"train/loss"}),
-                                                       (True, {"train/loss", "val/loss", "my/value"})])  # fmt: skip
-def test_the_sync_dist_advice_is_quiet_for_the_values_that_need_no_sync_until_teardown(block_parallel, quiet):
+@pytest.mark.parametrize(("block_parallel", "quiet"), [(False, {"train/loss"}), (True, {"train/loss", "val/loss"})])
+@pytest.mark.parametrize("end", ["teardown", "on_exception"])
+def test_the_sync_dist_advice_is_quiet_for_the_values_that_need_no_sync_until_the_run_ends(block_parallel, quiet, end):
+    module, callback = Recorder(world_size=2, block_parallel=block_parallel), QuietSyncDistAdvice()
     before = list(warnings.filters)
-    restore = quiet_sync_dist_advice(Recorder(world_size=2, block_parallel=block_parallel))
+    callback.setup(module.trainer, module, "fit")
+    callback.setup(module.trainer, module, "validate")  # a second setup replaces its filter
+    assert len(warnings.filters) == len(before) + 1
     with warnings.catch_warnings(record=True) as heard:
         warnings.simplefilter("always", append=True)  # after the quiet filter, which must still win
         for key in ("train/loss", "val/loss", "my/value"):
             warnings.warn(advice(key), UserWarning)
-    restore()
+    getattr(callback, end)(module.trainer, module, RuntimeError() if end == "on_exception" else "fit")
     assert warnings.filters == before
     assert {str(w.message).split("'")[1] for w in heard} == {"train/loss", "val/loss", "my/value"} - quiet
 

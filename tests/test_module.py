@@ -117,11 +117,13 @@ def test_nonfinite_loss_skip_leaves_that_block_unchanged():
         else original(x, y, t, *shared)
     )
     before = _params(module)
-    trainer(limit_train_batches=2, limit_val_batches=0).fit(module, synthetic_data())
+    run = trainer(limit_train_batches=2, limit_val_batches=0)
+    run.fit(module, synthetic_data())
     after = _params(module)
     key = "strategy.blocks.{}.image_encoder.0.weight"
     assert torch.equal(before[key.format(1)], after[key.format(1)])
     assert not torch.equal(before[key.format(0)], after[key.format(0)])
+    assert run.callback_metrics["train/skipped_updates"].item() == 2, "block 1 on each of the 2 batches"
 
 
 def _fit_with_checkpoints(tmp_path, max_epochs, ckpt_path=None):

@@ -37,6 +37,21 @@ UNKNOWN_CLASS = """Parser key "model.strategy":
   - Expected a path but NoPropXX either not accessible or invalid
   - Expected a dot import path string: NoPropXX"""
 
+#: --trainer.limit_train_batches abc: every branch of the union but None is the cause.
+BRANCHES = """Parser key "trainer.limit_train_batches":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'int'>, <class 'float'>, <class 'NoneType'>]
+  Errors:
+    - Expected a <class 'int'>
+    - Expected a <class 'float'>
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'str'>
+  Given value: abc"""
+#: --model.optimizer torch.optim.Foo
+NO_SUCH_CLASS = """Parser key "model.optimizer":
+
+  - Expected a path but torch.optim.Foo either not accessible or invalid
+  - Type typing.Callable[[collections.abc.Iterable], torch.optim.optimizer.Optimizer] expects a function or a callable class: module 'torch.optim' has no attribute 'Foo'. Got value: torch.optim.Foo"""
 
 @pytest.mark.parametrize(("message", "line"), [
     (NESTED, ("model.strategy.init_args.backbone.init_args.depth (lightning_noprop.nn.ResNet): Expected a "
@@ -44,8 +59,10 @@ UNKNOWN_CLASS = """Parser key "model.strategy":
     (UNION, "model.optimizer.init_args.lr: Expected a <class 'float'>. Got value: abc"),
     (UNKNOWN_CLASS, ("model.strategy: NoPropXX is neither a class that this option takes nor an import path: the "
                     "methods are BWBPF, Backprop, NoPropCT, NoPropDT, NoPropFM, PlainCNN.")),
+    (BRANCHES, "trainer.limit_train_batches: Expected a <class 'int'> or a <class 'float'>. Got value: abc"),
+    (NO_SUCH_CLASS, "model.optimizer: no such class: module 'torch.optim' has no attribute 'Foo'"),
     ("unrecognized arguments: --trainer.max_epoch 3", "unrecognized arguments: --trainer.max_epoch 3"),
-], ids=["nested", "union", "unknown class", "one line"])  # fmt: skip
+], ids=["nested", "union", "unknown class", "branches", "no such class", "one line"])  # fmt: skip
 def test_a_nested_message_comes_down_to_the_option_and_its_cause(message, line):
     assert distil(message) == line
 

@@ -174,11 +174,15 @@ def test_the_litlogger_tip_is_quiet_within_a_cli_run_only():
 
 
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
-    """The run's version folder (config.yaml, the logger's files) goes with a user error raised before a step; a
-    trained run's folder stays."""
+    """The version folder a run began (config.yaml, the logger's files) goes with a user error raised before any
+    loop; a run stopped once training began keeps its logs, and so does another run's folder."""
     refused = ["fit", "--config", DT, *TINY[DT], *FAST, "--trainer.logger.init_args.save_dir", str(tmp_path)]
     user_error(capsys, *refused, "--trainer.precision", "16-true")  # refused in the module's setup
-    assert list(tmp_path.iterdir()) == []
-    _, last = fit(tmp_path, "--trainer.max_epochs", "1")
+    assert list(tmp_path.rglob("version_*")) == []
+    user_error(capsys, *refused, "--model.optimizer.init_args.lr", "1e30")  # a non-finite loss in the first batches
+    (stopped,) = tmp_path.rglob("version_*")
+    kept = sorted(p.name for p in stopped.iterdir())
     user_error(capsys, *refused, "--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau")
-    assert [p.name for p in last.parent.parent.parent.iterdir()] == ["version_0"]
+    user_error(capsys, *refused, "--trainer.logger.init_args.version", "0")  # another run's folder: refused, kept
+    assert list(tmp_path.rglob("version_*")) == [stopped] and set(kept) <= {p.name for p in stopped.iterdir()}
+    assert "config.yaml" in kept

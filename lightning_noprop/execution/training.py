@@ -44,6 +44,7 @@ class BatchTrainer:
         self.batches_trained = 0  # batches trained before the current one (checkpointed: it seeds the streams)
         self._pending_sends: list[Any] = []
         self._stepped: set[int] = set()  # the block optimizers stepped in the current training batch
+        self.skipped_updates = 0  # block updates skipped for a non-finite loss (nonfinite_loss "skip") this epoch
 
     # ------------------------------------------------------------------------------------------ batch
     def train(self, x: Tensor, y: Tensor, batch_idx: int) -> Summary:
@@ -153,7 +154,7 @@ class BatchTrainer:
             if defer_error:  # raised on every rank once the loss values are exchanged
                 return False
             raise self.nonfinite_error(result.block, result.loss, result.terms)
-        self.module.log("train/skipped_updates", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        self.skipped_updates += 1
         return False
 
     def nonfinite_error(self, block: int, loss: Tensor, terms: dict[str, Tensor]) -> NonFiniteLossError:
