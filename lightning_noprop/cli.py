@@ -108,11 +108,11 @@ class NoPropCLI(LightningCLI):
                 remove_refused_run_dir(self.trainer, folder)
             raise
 
-    def _check_eval_ckpt_path(self) -> None:
+    def _before_evaluation(self) -> None:
         quiet(EVALUATION)
         check_eval_ckpt_path(self.trainer, self.config_init[self.subcommand].get("ckpt_path"), self.subcommand)
 
-    before_validate = before_test = before_predict = _check_eval_ckpt_path
+    before_validate = before_test = before_predict = _before_evaluation
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Lightning checks the trainer options (accelerator, devices, strategy, ...) when the Trainer is built and

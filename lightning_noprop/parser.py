@@ -7,11 +7,10 @@ import re
 import sys
 from typing import Any, NoReturn
 
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 #: The exit status of a user error (the argument parser's own errors exit with 2 as well).
 USER_ERROR_EXIT_CODE = 2
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS = re.compile(r"Problem with given class_path '([^']+)'")
 #: The alternatives of an Optional or of a class given by name, which say nothing about what went wrong.
@@ -99,7 +98,7 @@ def _is_method(obj: Any, base: type) -> bool:
 def explain_required(message: str) -> tuple[str, str] | None:
     """For a run with no model: its subcommand and the advice (a config of configs/ or ``--model.strategy``);
     None for other messages."""
-    found = re.search(rf"required: ({'|'.join(SUBCOMMANDS)})\.model\.strategy", message)
+    found = re.search(rf"required: ({'|'.join(LightningCLI.subcommands())})\.model\.strategy", message)
     if found is None:
         return None
     command = found.group(1)
