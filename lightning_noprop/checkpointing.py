@@ -4,19 +4,19 @@ unreadable or come from another configuration."""
 from __future__ import annotations
 
 import os
-import random
 import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_noprop.errors import CheckpointError, CheckpointMismatchError, ConfigurationError
+from lightning_noprop.interrupts import StopRequest, TrainingStopped
+from lightning_noprop.rng import rng_states, set_rng_states
 
 #: ``ckpt_path`` values that Lightning resolves itself (they name no file to read here).
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
@@ -29,7 +29,8 @@ _NOT_OURS = (
 
 class LatestCheckpoint(ModelCheckpoint):
     """Writes the latest training state as ``last.ckpt`` at the end of every ``every_n_epochs``-th epoch, whatever
-    the metrics did, so that ``fit --ckpt_path .../last.ckpt`` resumes exactly where training stopped.
+    the metrics did, and when Ctrl-C or SIGTERM stops training, so that ``fit --ckpt_path .../last.ckpt`` resumes
+    exactly where training stopped.
 
     Since Lightning 2.6 a monitored ``ModelCheckpoint(save_last=True)`` writes last.ckpt only when it saves a
     top-k checkpoint at the same step, so there last.ckpt is the best epoch, not the latest (LIGHTNING.md). Keep a
@@ -37,22 +38,65 @@ class LatestCheckpoint(ModelCheckpoint):
     module's ``on_train_epoch_end`` (Lightning calls checkpoint callbacks last), so epoch-wise lr schedulers have
     stepped, and at the end of fit when that stops mid-epoch.
 
+    A signal is acted on at the end of the batch being trained (a second Ctrl-C stops at once, writing nothing):
+    within an epoch, last.ckpt is written there, with the training loader's position (``ResumableDataLoader``), and
+    fit raises ``TrainingStopped``; on an epoch's last batch, the epoch finishes first (validation, the epoch's
+    last.ckpt). Single-process runs only: the processes of a multi-process run would not stop at the same batch.
+
     Args:
         dirpath: the folder of last.ckpt; None is the logger's ``<log dir>/checkpoints``, like ModelCheckpoint.
         every_n_epochs: write last.ckpt every n training epochs.
+        stop_on_signal: on Ctrl-C (SIGINT) or SIGTERM, stop after the current batch and write last.ckpt.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
+    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1, stop_on_signal: bool = True) -> None:
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=every_n_epochs,
                          save_on_train_epoch_end=True)  # fmt: skip
+        self.stop_on_signal = stop_on_signal
+        self._stop_request = StopRequest()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.stop_on_signal and trainer.world_size == 1:
+            self._stop_request.install()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        last = batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self._stop_request.signal_number is None or last:  # the epoch's own end writes last.ckpt
+            return
+        self._save_latest(trainer)
+        raise self._stopped(trainer, f"in epoch {trainer.current_epoch}, after batch {batch_idx + 1} of "
+                                     f"{trainer.num_training_batches}")  # fmt: skip
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._should_skip_saving_checkpoint(trainer) or (trainer.current_epoch + 1) % self._every_n_epochs:
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        stopping = self._stop_request.signal_number is not None
+        if stopping or (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            self._save_latest(trainer)
+        trainer.should_stop = trainer.should_stop or stopping
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._stop_request.restore()
+        if self._stop_request.signal_number is not None:
+            raise self._stopped(trainer, f"at the end of epoch {trainer.current_epoch - 1}")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._stop_request.restore()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._stop_request.restore()
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         """Nothing: the latest state is written once the epoch, and its scheduler steps, are complete."""
+
+    def _save_latest(self, trainer: Any) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _stopped(self, trainer: Any, where: str) -> TrainingStopped:
+        saved = self.last_model_path if self._last_global_step_saved == trainer.global_step else None
+        return TrainingStopped(self._stop_request.signal_number, saved or None, where)
 
 
 def check_checkpoint_callbacks(callbacks: list[Any]) -> None:
@@ -168,6 +212,7 @@ def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     checkpoint["lightning_noprop"]["rng_states"] = rng_states()
     checkpoint["lightning_noprop"]["streams"] = {"run_seed": trainer.streams.run_seed,
                                                  "batches_trained": trainer.batches_trained}  # fmt: skip
+    checkpoint["lightning_noprop"]["skipped_updates"] = trainer.skipped_updates  # this epoch's, so far
 
 
 def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
@@ -181,6 +226,29 @@ def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     if streams is not None:  # the blocks' random streams continue where they stopped
         module.batch_trainer.streams.run_seed = int(streams["run_seed"])
         module.batch_trainer.batches_trained = int(streams["batches_trained"])
+    module.batch_trainer.skipped_updates = int(checkpoint["lightning_noprop"].get("skipped_updates", 0))
+    close_finished_epoch(checkpoint)
+
+
+def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
+    """Record a checkpoint written at an epoch's end (``on_train_epoch_end``: processed, not yet completed) as that
+    epoch completed and the next not begun, in the loops' state that Lightning restores after this hook.
+
+    Lightning resumes such a checkpoint correctly only when it bounds training by epochs. Under ``max_steps`` it always
+    "restarts" the epoch, finds its batches done and runs the epoch's end a second time: the epoch counter advances
+    without training an epoch, and epoch-wise schedulers step twice.
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop")
+    if loops is None:
+        return
+    epochs, batches = loops["epoch_progress"], loops["epoch_loop.batch_progress"]
+    current = epochs["current"]
+    if not (current["ready"] == current["started"] == current["processed"] == current["completed"] + 1):
+        return  # saved within an epoch (or at its start): Lightning resumes it where it stopped
+    for progress in (epochs["current"], epochs["total"]):
+        progress["completed"] = progress["processed"]
+    batches["current"] = dict.fromkeys(batches["current"], 0)
+    batches["is_last_batch"] = False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -207,30 +275,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
-
-
-def rng_states() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and Python RNG states, as tensors and plain values so that a checkpoint
-    holding them still loads with ``torch.load(weights_only=True)``."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
-        "python": _to_lists(random.getstate()),
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Inverse of ``rng_states``."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _to_lists(value: Any) -> Any:
-    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value

@@ -18,6 +18,7 @@ from lightning_noprop.anytime import AnytimeCurve
 from lightning_noprop.checkpointing import LIGHTNING_CKPT_ALIASES, config_differences, read_checkpoint
 from lightning_noprop.data import DATASETS, ImageDataModule
 from lightning_noprop.errors import CheckpointMismatchError, ConfigurationError, UserError
+from lightning_noprop.interrupts import TrainingStopped
 from lightning_noprop.lightning_noise import CONTINUATION, EVALUATION, quiet, quiet_lightning
 from lightning_noprop.module import LocalLearningModule
 from lightning_noprop.parser import USER_ERROR_EXIT_CODE, NoPropArgumentParser
@@ -29,6 +30,7 @@ from lightning_noprop.runs import (
     new_run_dir,
     remove_refused_run_dir,
     resolve_fit_ckpt_path,
+    resume_advice,
 )
 
 #: Trainer options whose int means batches and float a fraction. Lightning 2.6 annotates them Union[float, int, None]
@@ -265,6 +267,10 @@ def main(args: Any = None, run: bool = True) -> NoPropCLI:
                 args=args,
                 run=run,
             )
+    except TrainingStopped as stopped:  # Ctrl-C or SIGTERM, acted on at a batch's end (LatestCheckpoint)
+        if rank_zero_only.rank == 0:
+            sys.stderr.write(f"{stopped}\n{resume_advice(stopped.checkpoint)}\n")
+        raise SystemExit(stopped.exit_code) from None
     except Exception as error:
         cause = user_error_behind(error)
         if cause is None:

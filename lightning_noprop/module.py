@@ -12,13 +12,7 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_noprop.checkpointing import (
-    check_checkpoint_callbacks,
-    restore_run_state,
-    rng_states,
-    save_run_state,
-    set_rng_states,
-)
+from lightning_noprop.checkpointing import check_checkpoint_callbacks, restore_run_state, save_run_state
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
@@ -31,6 +25,7 @@ from lightning_noprop.metric_logging import (
     log_summary,
     log_window,
 )
+from lightning_noprop.rng import rng_states, set_rng_states
 from lightning_noprop.strategies.base import Prediction, Strategy, check_parameter_partition
 from lightning_noprop.trainer_checks import check_schedulers, check_trainer_supports, warn_about_step_budget
 

@@ -166,3 +166,13 @@ class RunConfig(SaveConfigCallback):
                     f"--ckpt_path last or its checkpoint; for a new run, {new_folder}."
                 )
         super().setup(trainer, pl_module, stage)
+
+
+def resume_advice(checkpoint: str | None) -> str:
+    """The command that resumes a run stopped with its latest state in ``checkpoint`` (its folder's config.yaml,
+    where it has one), or what to do when nothing was written."""
+    if checkpoint is None:
+        return "Nothing to resume from this stop; a previous last.ckpt of the run, if any, resumes from its epoch."
+    config = Path(checkpoint).parent.parent / "config.yaml"
+    config_arg = str(config) if config.is_file() else "<the run's config>"
+    return f"Resume it exactly with: python main.py fit --config {config_arg} --ckpt_path {checkpoint}"

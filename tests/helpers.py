@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_noprop.cli import USER_ERROR_EXIT_CODE, main
 from lightning_noprop.data import ImageDataModule
@@ -57,3 +58,23 @@ def user_error(capsys, *args) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+class SignalAt(Callback):
+    """Sends ``signum`` to this process when batch ``batch`` of epoch ``epoch`` starts, as a user's Ctrl-C would
+    arrive while that batch trains.
+
+    Args:
+        epoch: the epoch of the signal.
+        batch: the batch (within the epoch) of the signal.
+        signum: the signal (2: SIGINT, 15: SIGTERM).
+        times: how many times it is sent.
+    """
+
+    def __init__(self, epoch: int, batch: int, signum: int = 2, times: int = 1) -> None:
+        self.epoch, self.batch, self.signum, self.times = epoch, batch, signum, times
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)

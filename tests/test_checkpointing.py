@@ -68,6 +68,17 @@ def test_last_ckpt_is_the_latest_state_and_resumes_exactly(tmp_path):
     assert_same_state(saved, resumed)
 
 
+def test_a_step_bounded_run_resumes_exactly_from_an_epochs_end(tmp_path):
+    """Under max_steps Lightning restarts even a finished epoch: from an epoch's last.ckpt it ran that epoch's end again
+    and stopped, counting two epochs after one (closed by ``close_finished_epoch``). 4 batches of 3 steps an epoch."""
+    steps = ["--trainer.max_steps", "24", *SCHEDULE]
+    straight, straight_last = fit(tmp_path / "straight", "--trainer.max_epochs", "3", *steps)
+    _, first_last = fit(tmp_path / "first", "--trainer.max_epochs", "1", *steps)
+    resumed, _ = fit(tmp_path / "resumed", "--trainer.max_epochs", "3", "--ckpt_path", str(first_last), *steps)
+    assert resumed.trainer.global_step == straight.trainer.global_step == 24 and resumed.trainer.current_epoch == 2
+    assert_same_state(torch.load(straight_last, weights_only=True), resumed)
+
+
 def test_last_ckpt_follows_training_when_val_acc_does_not_improve(tmp_path):
     # Validated every epoch on one image, so val/acc is 0 or 1 and often does not improve; whatever it does, last.ckpt
     # is the latest epoch (the test above makes the no-improvement case certain).

@@ -10,11 +10,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_noprop.data.augment import random_crop_flip
 from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
 from lightning_noprop.data.images import ImageFiles
+from lightning_noprop.data.resumable import ResumableDataLoader, ResumableSampler
 from lightning_noprop.errors import ConfigurationError
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"]
@@ -135,24 +136,35 @@ class ImageDataModule(LightningDataModule):
 
     def _loader(self, dataset: TensorDataset | ImageFiles, shuffle: bool) -> DataLoader:
         batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size or self.hparams.batch_size
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self._training_sampler(dataset) if shuffle else self._evaluation_sampler(dataset),
-            # BatchNorm cannot train on a batch of one sample.
-            drop_last=shuffle and len(dataset) % batch_size == 1,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        options = {
+            "batch_size": batch_size,
+            "num_workers": self.hparams.num_workers,
+            "persistent_workers": self.hparams.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        if not shuffle:
+            return DataLoader(dataset, sampler=self._evaluation_sampler(dataset), **options)
+        # BatchNorm cannot train on a batch of one sample.
+        drop_last = len(dataset) % batch_size == 1
+        return ResumableDataLoader(dataset, sampler=self._training_sampler(dataset, batch_size), drop_last=drop_last,
+                                   batches_trained=self._batches_trained_this_epoch, **options)  # fmt: skip
 
-    def _training_sampler(self, dataset: TensorDataset) -> DistributedSampler:
+    def _training_sampler(self, dataset: TensorDataset, batch_size: int) -> ResumableSampler:
         """The training order: a permutation drawn from (the run's seed, the epoch) alone, so it is the same in every
-        process, whatever else draws random numbers, and a resumed run repeats it. Under a data-parallel trainer
-        strategy each process takes its share (DDP); under ``block_parallel`` every process takes every batch."""
+        process, whatever else draws random numbers, and a resumed run repeats it, from the batch where it stopped
+        when it stopped within an epoch. Under a data-parallel trainer strategy each process takes its share (DDP);
+        under ``block_parallel`` every process takes every batch."""
         replicas = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas = replicas or {"num_replicas": 1, "rank": 0}
-        return DistributedSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), **replicas)
+        return ResumableSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
+                                batch_size=batch_size, **replicas)  # fmt: skip
+
+    def _batches_trained_this_epoch(self) -> int:
+        """The current epoch's batches trained (the fit loop's processed ones), 0 once it has trained them all."""
+        if self.trainer is None:
+            return 0
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done if done < self.trainer.num_training_batches else 0  # limit_train_batches may end it early
 
     def _evaluation_sampler(self, dataset: TensorDataset) -> UnrepeatedDistributedSampler | None:
         """Under DDP, each rank's share of an evaluation set, every image exactly once; else None (all of it).

@@ -217,7 +217,7 @@ def test_under_ddp_each_evaluation_image_is_on_exactly_one_rank():
         for stage in ("fit", "test", "predict"):
             dm.setup(stage)
         train = dm.train_dataloader().sampler  # training: this rank's share, in the (seed, epoch) order
-        assert (type(train).__name__, train.num_replicas, train.rank) == ("DistributedSampler", 2, rank)
+        assert (type(train).__name__, train.num_replicas, train.rank) == ("ResumableSampler", 2, rank)
         for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader()),
                               ("predict", dm.predict_dataloader())):  # fmt: skip
             shares[stage].append(list(loader.sampler))

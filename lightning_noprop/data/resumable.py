@@ -1,0 +1,55 @@
+"""A training loader that resumes within an epoch: Lightning's ``state_dict``/``load_state_dict`` interface for
+dataloaders, on the seeded, per-epoch training order of ``DistributedSampler``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (the order drawn from the seed and the epoch alone) whose next pass can begin after the
+    first ``skip_batches`` batches of its epoch: those an interrupted run had already trained.
+
+    ``len()`` stays the whole epoch's, so Lightning counts the resumed epoch's batches from where it stopped.
+
+    Args:
+        batch_size: the loader's batch size (the sampler skips ``skip_batches * batch_size`` indices).
+    """
+
+    def __init__(self, *args: Any, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_size = batch_size
+        self.skip_batches = 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip_batches = self.skip_batches, 0  # once: the epoch after it starts from its first batch
+        indices = list(super().__iter__())
+        return iter(indices[skip * self.batch_size :])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a ``ResumableSampler`` that Lightning saves and restores with the fit loop: its state is the
+    number of the current epoch's batches already trained, which a resumed run skips.
+
+    Lightning's fetcher reads a batch ahead, so the loader cannot count what was trained; ``batches_trained`` tells it
+    (the trainer's count of this epoch's processed batches).
+
+    Args:
+        batches_trained: returns how many of the current epoch's batches have been trained (0 at an epoch's end:
+            the next pass starts an epoch from its first batch).
+    """
+
+    def __init__(self, *args: Any, batches_trained: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.sampler, ResumableSampler), f"needs a ResumableSampler, got {type(self.sampler)}"
+        self.batches_trained = batches_trained
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_trained": self.batches_trained()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Called by Lightning's fit loop, before its first pass, when a run resumes within an epoch."""
+        self.sampler.skip_batches = int(state["batches_trained"])

@@ -1,0 +1,100 @@
+"""Ctrl-C and SIGTERM during fit: training stops after the batch it was on, last.ckpt holds that state with the
+loader's position, and resuming from it gives exactly the uninterrupted run (through the CLI, as a user meets it)."""
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_noprop.checkpointing import LatestCheckpoint
+from lightning_noprop.interrupts import TrainingStopped
+
+from .conftest import REPO
+from .helpers import SignalAt, synthetic_data, tiny_module, trainer
+from .test_checkpointing import assert_same_state, fit, fit_cli
+
+EPOCHS = ["--trainer.max_epochs", "2"]  # 4 training batches an epoch (32 images, batch 8)
+
+
+def signal_at(epoch, batch, signum=signal.SIGINT, times=1):
+    return ["--trainer.callbacks+=tests.helpers.SignalAt", "--trainer.callbacks.epoch", str(epoch),
+            "--trainer.callbacks.batch", str(batch), "--trainer.callbacks.signum", str(int(signum)),
+            "--trainer.callbacks.times", str(times)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """last.ckpt of the uninterrupted two-epoch run."""
+    _, last = fit(tmp_path_factory.mktemp("straight"), *EPOCHS)
+    return torch.load(last, weights_only=True)
+
+
+def stop(save_dir, *args):
+    """A fit that a signal stops: its exit code, and the last.ckpt it wrote."""
+    with pytest.raises(SystemExit) as exit_info:
+        fit_cli(save_dir, *EPOCHS, *args)
+    (last,) = save_dir.rglob("last.ckpt")
+    return exit_info.value.code, last
+
+
+@pytest.mark.parametrize(("epoch", "batch", "signum", "options", "step", "loader"), [
+    (1, 1, signal.SIGINT, [], 18, 2),  # within an epoch: 6 batches of 3 optimizer steps
+    (0, 2, signal.SIGTERM, ["--data.num_workers", "1"], 9, 3),  # workers read ahead; the loader's position does not
+    (0, 3, signal.SIGINT, [], 12, None),  # the epoch's last batch: the epoch finishes (validation, its last.ckpt)
+], ids=["sigint-within-epoch", "sigterm-with-a-worker", "sigint-on-the-last-batch"])  # fmt: skip
+def test_a_stopped_run_resumes_exactly(straight, tmp_path, epoch, batch, signum, options, step, loader, capsys):
+    code, last = stop(tmp_path / "stopped", *options, *signal_at(epoch, batch, signum))
+    assert code == 128 + signum
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Resume it exactly with: python main.py fit --config" in err
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == step
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_trained": loader or 0}]
+    resumed, _ = fit(tmp_path / "resumed", *EPOCHS, *options, "--ckpt_path", str(last))
+    assert_same_state(straight, resumed)
+    assert resumed.trainer.global_step == straight["global_step"]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_writing(tmp_path):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, last = stop(tmp_path, *signal_at(1, 1, times=2))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a KeyboardInterrupt
+    assert code == 1  # Lightning's KeyboardInterrupt shutdown
+    assert torch.load(last, weights_only=True)["global_step"] == 12  # still epoch 0's end
+
+
+def test_fit_raises_training_stopped_in_python(tmp_path):
+    latest = LatestCheckpoint(dirpath=str(tmp_path))
+    run = trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[latest, SignalAt(1, 0)])
+    with pytest.raises(TrainingStopped, match="in epoch 1, after batch 1 of 4") as stopped:
+        run.fit(tiny_module(), datamodule=synthetic_data(synthetic_size=48, val_size=16, batch_size=8))
+    assert stopped.value.checkpoint == latest.last_model_path and stopped.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def test_main_py_stops_and_its_printed_command_resumes(straight, tmp_path):
+    """``python main.py fit`` stopped by SIGTERM, then the command it printed, as written: the run ends where the
+    uninterrupted one does."""
+    args = ["--config", str(REPO / "configs/noprop_dt.yaml"), "--model.strategy.init_args.num_blocks", "2",
+            "--model.strategy.init_args.width", "16", "--data.synthetic", "true", "--data.synthetic_size", "48",
+            "--data.val_size", "16", "--data.batch_size", "8", "--trainer.limit_val_batches", "1",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false", *EPOCHS,
+            *signal_at(1, 1, signal.SIGTERM)]  # fmt: skip
+    main = [sys.executable, str(REPO / "main.py")]
+    first = subprocess.run([*main, "fit", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 143, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr
+    command = re.search(r"Resume it exactly with: python main.py (.*)", first.stderr).group(1)
+    second = subprocess.run([*main, *shlex.split(command)], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    (last,) = (tmp_path / "noprop_dt_mnist" / "version_1").rglob("last.ckpt")
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == straight["global_step"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
