@@ -62,9 +62,8 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        last = batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if self._stop_request.signal_number is None or last:  # the epoch's own end writes last.ckpt
-            return
+        if self._stop_request.signal_number is None or _ends_epoch_or_validates(trainer, batch_idx):
+            return  # the epoch's end writes last.ckpt; a due validation runs first (the next batch's end stops)
         self._save_latest(trainer)
         raise self._stopped(trainer, f"in epoch {trainer.current_epoch}, after batch {batch_idx + 1} of "
                                      f"{trainer.num_training_batches}")  # fmt: skip
@@ -97,6 +96,22 @@ class LatestCheckpoint(ModelCheckpoint):
     def _stopped(self, trainer: Any, where: str) -> TrainingStopped:
         saved = self.last_model_path if self._last_global_step_saved == trainer.global_step else None
         return TrainingStopped(self._stop_request.signal_number, saved or None, where)
+
+
+def _ends_epoch_or_validates(trainer: Any, batch_idx: int) -> bool:
+    """Whether the epoch ends, fit ends or a validation runs after this batch (Lightning's ``val_check_batch``,
+    counted within the epoch, or over epochs when ``check_val_every_n_epoch`` is None): a checkpoint written in
+    ``on_train_batch_end`` would resume after it, and skip the validation."""
+    if batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    if not trainer.enable_validation or not isinstance(trainer.val_check_batch, int):
+        return False
+    every_n_epochs = trainer.check_val_every_n_epoch
+    counted = trainer.fit_loop.total_batch_idx if every_n_epochs is None else batch_idx
+    validates_this_epoch = every_n_epochs is None or (trainer.current_epoch + 1) % every_n_epochs == 0
+    return validates_this_epoch and (counted + 1) % trainer.val_check_batch == 0
 
 
 def check_checkpoint_callbacks(callbacks: list[Any]) -> None:
@@ -213,6 +228,8 @@ def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     checkpoint["lightning_noprop"]["streams"] = {"run_seed": trainer.streams.run_seed,
                                                  "batches_trained": trainer.batches_trained}  # fmt: skip
     checkpoint["lightning_noprop"]["skipped_updates"] = trainer.skipped_updates  # this epoch's, so far
+    progress = module.trainer.fit_loop.epoch_loop.batch_progress.current
+    checkpoint["lightning_noprop"]["epoch_trained"] = progress.processed >= module.trainer.num_training_batches
 
 
 def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
@@ -239,8 +256,8 @@ def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
     without training an epoch, and epoch-wise schedulers step twice.
     """
     loops = checkpoint.get("loops", {}).get("fit_loop")
-    if loops is None:
-        return
+    if loops is None or not checkpoint["lightning_noprop"].get("epoch_trained", True):
+        return  # e.g. max_steps ended fit within the epoch: Lightning ran its end hooks early, as it does
     epochs, batches = loops["epoch_progress"], loops["epoch_loop.batch_progress"]
     current = epochs["current"]
     if not (current["ready"] == current["started"] == current["processed"] == current["completed"] + 1):
@@ -249,6 +266,8 @@ def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
         progress["completed"] = progress["processed"]
     batches["current"] = dict.fromkeys(batches["current"], 0)
     batches["is_last_batch"] = False
+    for loader in loops.get("state_dict", {}).get("combined_loader", []):
+        loader["batches_trained"] = 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -42,7 +42,8 @@ class StopRequest:
             return
         self.signal_number = None
         for signum in _NAMES:
-            self._previous[signum] = signal.signal(signum, self._handle)
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored signal (a background job's) stays so
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
         """Put back the handlers that ``install`` replaced (idempotent)."""

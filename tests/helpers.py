@@ -69,12 +69,13 @@ class SignalAt(Callback):
         batch: the batch (within the epoch) of the signal.
         signum: the signal (2: SIGINT, 15: SIGTERM).
         times: how many times it is sent.
+        group: send it to the whole process group (loader workers too), as a terminal's Ctrl-C does.
     """
 
-    def __init__(self, epoch: int, batch: int, signum: int = 2, times: int = 1) -> None:
-        self.epoch, self.batch, self.signum, self.times = epoch, batch, signum, times
+    def __init__(self, epoch: int, batch: int, signum: int = 2, times: int = 1, group: bool = False) -> None:
+        self.epoch, self.batch, self.signum, self.times, self.group = epoch, batch, signum, times, group
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             for _ in range(self.times):
-                os.kill(os.getpid(), self.signum)
+                os.killpg(os.getpgrp(), self.signum) if self.group else os.kill(os.getpid(), self.signum)

@@ -20,10 +20,10 @@ from .test_checkpointing import assert_same_state, fit, fit_cli
 EPOCHS = ["--trainer.max_epochs", "2"]  # 4 training batches an epoch (32 images, batch 8)
 
 
-def signal_at(epoch, batch, signum=signal.SIGINT, times=1):
+def signal_at(epoch, batch, signum=signal.SIGINT, times=1, group=False):
     return ["--trainer.callbacks+=tests.helpers.SignalAt", "--trainer.callbacks.epoch", str(epoch),
             "--trainer.callbacks.batch", str(batch), "--trainer.callbacks.signum", str(int(signum)),
-            "--trainer.callbacks.times", str(times)]  # fmt: skip
+            "--trainer.callbacks.times", str(times), "--trainer.callbacks.group", str(group).lower()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,11 @@ def stop(save_dir, *args):
 
 @pytest.mark.parametrize(("epoch", "batch", "signum", "options", "step", "loader"), [
     (1, 1, signal.SIGINT, [], 18, 2),  # within an epoch: 6 batches of 3 optimizer steps
-    (0, 2, signal.SIGTERM, ["--data.num_workers", "1"], 9, 3),  # workers read ahead; the loader's position does not
+    # Workers read ahead, and begin an epoch before Lightning numbers it: the resumed epoch's order must be epoch 1's.
+    (1, 2, signal.SIGTERM, ["--data.num_workers", "1"], 21, 3),
     (0, 3, signal.SIGINT, [], 12, None),  # the epoch's last batch: the epoch finishes (validation, its last.ckpt)
-], ids=["sigint-within-epoch", "sigterm-with-a-worker", "sigint-on-the-last-batch"])  # fmt: skip
+    (0, 1, signal.SIGINT, ["--trainer.val_check_interval", "2"], 9, 3),  # validation due: stops a batch later
+], ids=["sigint-within-epoch", "sigterm-with-a-worker", "sigint-on-the-last-batch", "validation-due"])  # fmt: skip
 def test_a_stopped_run_resumes_exactly(straight, tmp_path, epoch, batch, signum, options, step, loader, capsys):
     code, last = stop(tmp_path / "stopped", *options, *signal_at(epoch, batch, signum))
     assert code == 128 + signum
@@ -79,22 +81,43 @@ def test_fit_raises_training_stopped_in_python(tmp_path):
 
 
 def test_main_py_stops_and_its_printed_command_resumes(straight, tmp_path):
-    """``python main.py fit`` stopped by SIGTERM, then the command it printed, as written: the run ends where the
-    uninterrupted one does."""
+    """``python main.py fit`` with a loader worker, and a Ctrl-C to its whole process group (as a terminal sends it) on
+    an epoch's last batch; then the command it printed, as written: the run ends where the uninterrupted one does."""
     args = ["--config", str(REPO / "configs/noprop_dt.yaml"), "--model.strategy.init_args.num_blocks", "2",
             "--model.strategy.init_args.width", "16", "--data.synthetic", "true", "--data.synthetic_size", "48",
-            "--data.val_size", "16", "--data.batch_size", "8", "--trainer.limit_val_batches", "1",
-            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false", *EPOCHS,
-            *signal_at(1, 1, signal.SIGTERM)]  # fmt: skip
+            "--data.val_size", "16", "--data.batch_size", "8", "--data.num_workers", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", *EPOCHS, *signal_at(0, 3, group=True)]  # fmt: skip
     main = [sys.executable, str(REPO / "main.py")]
-    first = subprocess.run([*main, "fit", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 143, first.stderr[-2000:]
+    first = subprocess.run([*main, "fit", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+                           start_new_session=True)  # its own process group: the signal reaches it and its worker
+    assert first.returncode == 130, first.stderr[-2000:]
     assert "Traceback" not in first.stderr
     command = re.search(r"Resume it exactly with: python main.py (.*)", first.stderr).group(1)
-    second = subprocess.run([*main, *shlex.split(command)], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+    second = subprocess.run([*main, *shlex.split(command)], check=False, cwd=REPO, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
     assert second.returncode == 0, second.stderr[-2000:]
     (last,) = (tmp_path / "noprop_dt_mnist" / "version_1").rglob("last.ckpt")
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == straight["global_step"]
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_an_epoch_that_max_steps_cut_short_is_not_closed():
+    """``close_finished_epoch`` closes only an epoch whose batches were all trained."""
+    from lightning_noprop.checkpointing import close_finished_epoch
+
+    def checkpoint(trained):
+        progress = {"ready": 1, "started": 1, "processed": 1, "completed": 0}
+        batches = {"ready": 2, "started": 2, "processed": 2, "completed": 2}
+        return {"lightning_noprop": {"epoch_trained": trained}, "loops": {"fit_loop": {
+            "epoch_progress": {"current": dict(progress), "total": dict(progress)}, "state_dict": {},
+            "epoch_loop.batch_progress": {"current": dict(batches), "total": dict(batches), "is_last_batch": False}}}}
+
+    cut_short, finished = checkpoint(False), checkpoint(True)
+    close_finished_epoch(cut_short)
+    close_finished_epoch(finished)
+    assert cut_short == checkpoint(False)
+    assert finished["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
+    assert finished["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 0

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_noprop.data.augment import random_crop_flip
 from lightning_noprop.data.datasets import DATASETS, download, load_split, synthetic_split
 from lightning_noprop.data.images import ImageFiles
-from lightning_noprop.data.resumable import ResumableDataLoader, ResumableSampler
+from lightning_noprop.data.resumable import ResumableDataLoader, ResumableSampler, ignore_stop_signals
 from lightning_noprop.errors import ConfigurationError
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet"]
@@ -141,6 +141,7 @@ class ImageDataModule(LightningDataModule):
             "num_workers": self.hparams.num_workers,
             "persistent_workers": self.hparams.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
+            "worker_init_fn": ignore_stop_signals,  # a stop signal is the main process's to act on
         }
         if not shuffle:
             return DataLoader(dataset, sampler=self._evaluation_sampler(dataset), **options)
@@ -156,8 +157,12 @@ class ImageDataModule(LightningDataModule):
         under ``block_parallel`` every process takes every batch."""
         replicas = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas = replicas or {"num_replicas": 1, "rank": 0}
-        return ResumableSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
-                                batch_size=batch_size, **replicas)  # fmt: skip
+        sampler = ResumableSampler(dataset, shuffle=True, seed=int(os.environ.get("PL_GLOBAL_SEED", "0")),
+                                   batch_size=batch_size, **replicas)  # fmt: skip
+        # Lightning sets each epoch's number after its fetcher has begun the first pass, which loader workers start
+        # at once: a resumed run's first epoch must be the restored one from the start.
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return sampler
 
     def _batches_trained_this_epoch(self) -> int:
         """The current epoch's batches trained (the fit loop's processed ones), 0 once it has trained them all."""

@@ -3,6 +3,7 @@ dataloaders, on the seeded, per-epoch training order of ``DistributedSampler``."
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,7 +45,6 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args: Any, batches_trained: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        assert isinstance(self.sampler, ResumableSampler), f"needs a ResumableSampler, got {type(self.sampler)}"
         self.batches_trained = batches_trained
 
     def state_dict(self) -> dict[str, int]:
@@ -52,4 +52,13 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Called by Lightning's fit loop, before its first pass, when a run resumes within an epoch."""
-        self.sampler.skip_batches = int(state["batches_trained"])
+        if isinstance(self.sampler, ResumableSampler):  # Lightning's overfit_batches puts in a sequential one
+            self.sampler.skip_batches = int(state["batches_trained"])
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In each loader worker: ignore Ctrl-C and SIGTERM, which a terminal or a scheduler sends to the whole process
+    group. The main process acts on them at a batch's end (``LatestCheckpoint``) and still needs its workers then;
+    it shuts them down itself, and torch stops a worker whose main process has died."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

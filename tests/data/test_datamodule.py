@@ -213,7 +213,7 @@ def test_under_ddp_each_evaluation_image_is_on_exactly_one_rank():
     shares = {"val": [], "test": [], "predict": []}
     for rank in range(2):
         dm = ImageDataModule(synthetic=True, synthetic_size=100, val_size=25, batch_size=8)
-        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
+        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank}, current_epoch=0)
         for stage in ("fit", "test", "predict"):
             dm.setup(stage)
         train = dm.train_dataloader().sampler  # training: this rank's share, in the (seed, epoch) order
@@ -270,5 +270,5 @@ def test_the_training_order_depends_on_the_seed_and_the_epoch_alone():
     assert list(sampler) == first and sorted(first) == list(range(90))
     sampler.set_epoch(1)
     assert list(sampler) != first
-    dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 1, "rank": 0})  # block_parallel
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 1, "rank": 0}, current_epoch=0)  # block_parallel
     assert list(dm.train_dataloader().sampler) == first

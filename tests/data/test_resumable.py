@@ -44,11 +44,24 @@ def test_the_state_is_the_batches_trained_in_this_epoch():
 
     progress = SimpleNamespace(processed=2)
     data = ImageDataModule(synthetic=True, synthetic_size=64, val_size=16, batch_size=8)
-    data.trainer = SimpleNamespace(distributed_sampler_kwargs=None, num_training_batches=3, fit_loop=SimpleNamespace(
+    data.trainer = SimpleNamespace(distributed_sampler_kwargs=None, num_training_batches=3, current_epoch=2, fit_loop=SimpleNamespace(
         epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=progress))))  # fmt: skip
     data.setup("fit")
     loader = data.train_dataloader()
     assert isinstance(loader, ResumableDataLoader) and len(loader) == 6
+    assert loader.sampler.epoch == 2  # the trainer's (restored) epoch from the first pass: workers begin it at once
     assert loader.state_dict() == {"batches_trained": 2}
     progress.processed = 3  # limit_train_batches=3: the epoch's end
     assert loader.state_dict() == {"batches_trained": 0}
+
+
+def test_overfit_batches_trains_with_lightnings_own_sampler(tmp_path):
+    """Lightning rebuilds the training loader with a sequential sampler under overfit_batches; it still trains."""
+    from tests.conftest import REPO
+    from tests.helpers import FAST, run
+
+    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), "--model.strategy.init_args.num_blocks", "2",
+              "--model.strategy.init_args.width", "16", *FAST, "--trainer.overfit_batches", "2",
+              "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+              "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert cli.trainer.global_step == 2 * 3  # 2 batches of 3 optimizer steps
