@@ -99,19 +99,12 @@ class LatestCheckpoint(ModelCheckpoint):
 
 
 def _ends_epoch_or_validates(trainer: Any, batch_idx: int) -> bool:
-    """Whether the epoch ends, fit ends or a validation runs after this batch (Lightning's ``val_check_batch``,
-    counted within the epoch, or over epochs when ``check_val_every_n_epoch`` is None): a checkpoint written in
-    ``on_train_batch_end`` would resume after it, and skip the validation."""
-    if batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-        return True
-    if 0 <= trainer.max_steps <= trainer.global_step:
-        return True
-    if not trainer.enable_validation or not isinstance(trainer.val_check_batch, int):
-        return False
-    every_n_epochs = trainer.check_val_every_n_epoch
-    counted = trainer.fit_loop.total_batch_idx if every_n_epochs is None else batch_idx
-    validates_this_epoch = every_n_epochs is None or (trainer.current_epoch + 1) % every_n_epochs == 0
-    return validates_this_epoch and (counted + 1) % trainer.val_check_batch == 0
+    """Whether the epoch ends, fit ends or a validation runs after this batch (Lightning's own decision, which its
+    epoch loop takes next): a checkpoint written in ``on_train_batch_end`` would resume after it, and skip it."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return (batch_idx + 1 >= trainer.num_training_batches or epoch_loop.batch_progress.is_last_batch
+            or 0 <= trainer.max_steps <= trainer.global_step
+            or epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))  # fmt: skip
 
 
 def check_checkpoint_callbacks(callbacks: list[Any]) -> None:
@@ -266,8 +259,6 @@ def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
         progress["completed"] = progress["processed"]
     batches["current"] = dict.fromkeys(batches["current"], 0)
     batches["is_last_batch"] = False
-    for loader in loops.get("state_dict", {}).get("combined_loader", []):
-        loader["batches_trained"] = 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
