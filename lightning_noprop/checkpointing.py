@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_noprop.errors import CheckpointError, CheckpointMismatchError, ConfigurationError
 from lightning_noprop.interrupts import StopRequest, TrainingStopped
+from lightning_noprop.metric_logging import window_state
 from lightning_noprop.rng import rng_states, set_rng_states
 
 #: ``ckpt_path`` values that Lightning resolves itself (they name no file to read here).
@@ -214,7 +215,8 @@ def check_checkpoint_matches(module: Any, checkpoint: dict[str, Any]) -> None:
 
 def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     """Record under ``checkpoint["lightning_noprop"]`` the model's signature, the global generators' states and the
-    blocks' random streams (run seed, batches trained), so that a resumed run draws what an uninterrupted one draws."""
+    blocks' random streams (run seed, batches trained), so that a resumed run draws what an uninterrupted one draws,
+    and under capture_step the values not logged yet, so that it logs what an uninterrupted one logs."""
     trainer = module.batch_trainer
     checkpoint["lightning_noprop"] = checkpoint_signature(module)
     checkpoint["lightning_noprop"]["rng_states"] = rng_states()
@@ -223,6 +225,8 @@ def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     checkpoint["lightning_noprop"]["skipped_updates"] = trainer.skipped_updates  # this epoch's, so far
     progress = module.trainer.fit_loop.epoch_loop.batch_progress.current
     checkpoint["lightning_noprop"]["epoch_trained"] = progress.processed >= module.trainer.num_training_batches
+    if module.executor.capture_step:  # the values not logged yet (and checked: a non-finite loss is not saved)
+        checkpoint["lightning_noprop"]["log_window"] = window_state(module, module.log_window)
 
 
 def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
@@ -237,6 +241,9 @@ def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
         module.batch_trainer.streams.run_seed = int(streams["run_seed"])
         module.batch_trainer.batches_trained = int(streams["batches_trained"])
     module.batch_trainer.skipped_updates = int(checkpoint["lightning_noprop"].get("skipped_updates", 0))
+    window = checkpoint["lightning_noprop"].get("log_window")
+    if window is not None and module.executor.capture_step:
+        module.log_window.load_state_dict(window, module.device)
     close_finished_epoch(checkpoint)
 
 

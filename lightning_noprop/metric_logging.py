@@ -130,15 +130,32 @@ def log_window(module: LightningModule, window: LogWindow, summary: Summary, bat
     stops = batch_idx + 1 >= trainer.num_training_batches or 0 <= trainer.max_steps <= trainer.global_step
     if not (trainer._logger_connector.should_update_logs or stops):
         return
-    trained = module.batch_trainer.batches_trained
-    first = trained - window.batches
+    batches = window.batches
     means, samples = window.flush()
     means = mean_over_processes(module, means)  # before the check, so that every process raises or none does
+    _refuse_non_finite(module, means, batches)
+    _log(module, "train", means, batch_size=samples)
+
+
+def window_state(module: LightningModule, window: LogWindow) -> dict[str, Any]:
+    """Under capture_step, for a checkpoint: ``window``'s state (``LogWindow.state_dict``), its sums averaged over
+    the processes, after the non-finite check its flush would make, so that no checkpoint holds parameters trained
+    on a non-finite loss that was not checked (``NonFiniteLossError`` instead)."""
+    _refuse_non_finite(module, mean_over_processes(module, window.means()), window.batches)
+    state = window.state_dict()
+    if state["total"] is not None and _splits_data(module):
+        state["total"] = module.trainer.strategy.reduce(window.total, reduce_op="mean").cpu()
+    return state
+
+
+def _refuse_non_finite(module: LightningModule, means: Summary, batches: int) -> None:
+    """Raise ``NonFiniteLossError`` naming the blocks whose mean loss over the last ``batches`` batches is not
+    finite (the check costs one device synchronisation)."""
     bad = [block for block, values in means.items() if not torch.isfinite(values["loss"])]
     if bad:
+        trained = module.batch_trainer.batches_trained
         raise NonFiniteLossError(
-            f"Non-finite loss for block(s) {bad} in batches {first}-{trained - 1} of training (epoch "
+            f"Non-finite loss for block(s) {bad} in batches {trained - batches}-{trained - 1} of training (epoch "
             f"{module.current_epoch}). Lower the learning rate, set model.gradient_clip_val, use precision 32-true, "
             "or run without model.capture_step and with model.nonfinite_loss=skip."
         )
-    _log(module, "train", means, batch_size=samples)

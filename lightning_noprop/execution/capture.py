@@ -154,7 +154,8 @@ class LogWindow:
     ``add`` stacks a batch's summary (``{block: {field: 0-d tensor}}``) into a (blocks, fields) tensor and adds it
     to the running sum, weighted by the batch size; ``flush`` returns the sample-weighted means and the sample
     count, and empties the window. A non-finite loss makes its block's sum non-finite, so one check at the flush
-    finds it.
+    finds it. A checkpoint written within a window holds it (``state_dict``), so that a resumed run logs the means
+    an uninterrupted one logs.
     """
 
     def __init__(self) -> None:
@@ -176,12 +177,28 @@ class LogWindow:
         self.samples += batch_size
         self.batches += 1
 
+    def means(self) -> dict[int, dict[str, Tensor]]:
+        """The window's sample-weighted means ``{block: {field: 0-d tensor}}`` ({} when empty), leaving it as it is."""
+        if self.total is None:
+            return {}
+        means = self.total / self.samples
+        return {block: {f: means[i, j] for j, f in enumerate(fields)} for i, (block, fields) in enumerate(self.layout)}
+
     def flush(self) -> tuple[dict[int, dict[str, Tensor]], int]:
         """The window's sample-weighted means ``{block: {field: tensor}}`` and its number of samples; empties it."""
-        if self.total is None:
-            return {}, 0
-        means = self.total / self.samples
-        summary = {block: {f: means[i, j] for j, f in enumerate(fields)} for i, (block, fields) in enumerate(self.layout)}
-        samples = self.samples
+        summary, samples = self.means(), self.samples
         self.total, self.samples, self.batches, self.layout = None, 0, 0, []
         return summary, samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window as plain values (its sums on the CPU), for a checkpoint."""
+        total = None if self.total is None else self.total.detach().cpu()
+        return {"total": total, "samples": self.samples, "batches": self.batches,
+                "layout": [[block, list(fields)] for block, fields in self.layout]}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Continue the window ``state_dict`` recorded, its sums on ``device``."""
+        total = state["total"]
+        self.total = None if total is None else total.to(device)
+        self.samples, self.batches = int(state["samples"]), int(state["batches"])
+        self.layout = [(int(block), list(fields)) for block, fields in state["layout"]]

@@ -333,3 +333,16 @@ def test_a_unit_with_many_shapes_gets_the_graphs_it_needs():
     assert len(graphs) == 12
     assert torch._dynamo.config.recompile_limit == 8, "the limit is raised only inside the unit's calls"
     assert with_graph_room(double, graphs=1) is double, "a unit within the limit is left as it is"
+
+
+def test_the_log_window_continues_from_its_state():
+    window = LogWindow()
+    window.add({0: {"loss": torch.tensor(1.0), "kl": torch.tensor(3.0)}}, batch_size=16)
+    restored = LogWindow()
+    restored.load_state_dict(window.state_dict())
+    for w in (window, restored):
+        w.add({0: {"loss": torch.tensor(4.0), "kl": torch.tensor(5.0)}}, batch_size=8)
+    (means, samples), (restored_means, restored_samples) = window.flush(), restored.flush()
+    assert samples == restored_samples == 24 and restored.batches == 0
+    assert means == restored_means and means[0]["kl"].item() == pytest.approx((16 * 3.0 + 8 * 5.0) / 24)
+    assert LogWindow().state_dict() == {"total": None, "samples": 0, "batches": 0, "layout": []}
