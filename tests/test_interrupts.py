@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning_noprop.checkpointing import LatestCheckpoint
+from lightning_noprop.errors import NonFiniteLossError
 from lightning_noprop.interrupts import TrainingStopped
 
 from .conftest import REPO
@@ -130,24 +131,23 @@ def captured_fit(tmp_path, module, *callbacks, ckpt_path=None):
     run = trainer(tmp_path, max_epochs=2, limit_val_batches=0, log_every_n_steps=50, precision="64-true",
                   enable_checkpointing=True, callbacks=[latest, *callbacks])  # fmt: skip
     run.fit(module, datamodule=synthetic_data(), ckpt_path=ckpt_path)
-    return run, latest
+    return run
 
 
 def test_a_captured_run_stopped_within_its_log_window_logs_what_an_uninterrupted_one_logs(tmp_path):
     """capture_step logs the means of the batches since the last write: a stop within that window keeps it in
     last.ckpt, so the resumed run's epoch-end values average all of the epoch's batches, as the uninterrupted run's."""
-    straight, _ = captured_fit(tmp_path / "straight", tiny_module(capture_step=True))
+    straight = captured_fit(tmp_path / "straight", tiny_module(capture_step=True))
     with pytest.raises(TrainingStopped, match="in epoch 1, after batch 2 of 4"):
         captured_fit(tmp_path / "stopped", tiny_module(capture_step=True), SignalAt(1, 1))
     saved = torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=True)["lightning_noprop"]["log_window"]
     assert saved["batches"] == 2 and saved["samples"] == 32 and [block for block, _ in saved["layout"]] == [0, 1, 2]
-    resumed, _ = captured_fit(tmp_path / "resumed", tiny_module(capture_step=True),
-                              ckpt_path=str(tmp_path / "stopped" / "last.ckpt"))  # fmt: skip
+    resumed = captured_fit(tmp_path / "resumed", tiny_module(capture_step=True),
+                           ckpt_path=str(tmp_path / "stopped" / "last.ckpt"))  # fmt: skip
     keys = [f"train/{name}_{when}" for name in ("loss", "block_0/loss", "block_2/loss", "kl", "denoise")
             for when in ("step", "epoch")]  # fmt: skip
-    for key in keys:
+    for key in keys:  # without the saved window, the resumed values would be those of the last two batches only
         assert resumed.callback_metrics[key] == straight.callback_metrics[key], key
-    # Without the window the resumed values would be those of the last two batches only.
     assert resumed.global_step == straight.global_step
 
 
@@ -157,8 +157,8 @@ def test_a_non_finite_loss_not_yet_checked_is_not_written_at_a_stop(tmp_path):
     module = tiny_module(capture_step=True)
     images = module._images
     module._images = lambda x: images(x) * float("nan") if module.current_epoch == 1 else images(x)
-    with pytest.raises(Exception, match=r"Non-finite loss for block\(s\) \[0, 1, 2\] in batches 4-5 of training "
-                                        r"\(epoch 1\)"):  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite loss for block\(s\) \[0, 1, 2\] in batches 4-5 of "
+                                                 r"training \(epoch 1\)"):  # fmt: skip
         captured_fit(tmp_path, module, SignalAt(1, 1))
     # epoch 0's end: 4 batches x 4 optimizers
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 16
