@@ -32,6 +32,7 @@ from lightning_noprop.runs import (
     resolve_fit_ckpt_path,
     resume_advice,
 )
+from lightning_noprop.trainer_checks import check_trainer_arguments
 
 #: Trainer options whose int means batches and float a fraction. Lightning 2.6 annotates them Union[float, int, None]
 #: (typing's cache keeps whichever order of an equal Union was made first), so jsonargparse reads "1" as 1.0, which
@@ -120,7 +121,7 @@ class NoPropCLI(LightningCLI):
         # Lightning checks the trainer options (accelerator, devices, strategy, ...) when the Trainer is built and
         # raises ValueError or MisconfigurationException: each is a wrong option, not a bug.
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, ModuleNotFoundError) as error:  # a plugin's missing package
             accelerator = str(self._get(self.config, "trainer").get("accelerator"))
             advice = ""
@@ -128,6 +129,8 @@ class NoPropCLI(LightningCLI):
                 advice = (" This machine has no CUDA GPU (torch.cuda.is_available() is False): use "
                           "--trainer.accelerator auto (or cpu).")  # fmt: skip
             raise ConfigurationError(f"Trainer options: {error}{advice}") from error
+        check_trainer_arguments(trainer)
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")

@@ -14,8 +14,44 @@ from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 _FP16 = ("16-mixed", "16-true", "16")
 
 
+# (option, the smallest value Lightning gives a meaning, what the values mean): Lightning accepts values below it
+# silently (a negative log_every_n_steps logs as if positive) or fails mid-run (check_val_every_n_epoch 0 divides by 0).
+_TRAINER_MINIMA = (
+    ("log_every_n_steps", 0, "0 writes no step values"),
+    ("check_val_every_n_epoch", 1, "or null to validate by val_check_interval alone"),
+    ("num_sanity_val_steps", -1, "-1 runs the whole validation set, 0 none"),
+    ("min_epochs", 0, "or null"),
+    ("min_steps", 0, "or null"),
+)
+
+
+def check_trainer_arguments(trainer: Any) -> None:
+    """Raise ``ConfigurationError`` for an integer trainer option below its range (``_TRAINER_MINIMA``), and for
+    gradient accumulation, which this module's manual optimization cannot do (Lightning's refusal advises automatic
+    optimization, which it cannot use either). Called when the CLI has built the Trainer, before any run."""
+    values = {
+        "log_every_n_steps": trainer.log_every_n_steps,
+        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        "num_sanity_val_steps": trainer.num_sanity_val_steps,
+        "min_epochs": trainer.fit_loop.min_epochs,
+        "min_steps": trainer.fit_loop.epoch_loop.min_steps,
+    }
+    for name, minimum, meaning in _TRAINER_MINIMA:
+        value = values[name]
+        if value is not None and value < minimum:
+            raise ConfigurationError(f"--trainer.{name} must be >= {minimum} ({meaning}), got {value}.")
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigurationError(
+            f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}: the module steps each block's "
+            "optimizer itself (manual optimization), which accumulates no gradients; remove it, and raise "
+            "--data.batch_size for a larger effective batch."
+        )
+
+
 def check_trainer_supports(trainer: Any, backward_mode: str, block_order: str, num_local_losses: int) -> None:
-    """Raise ValueError for precision / distributed-strategy combinations that would train wrongly."""
+    """Raise ValueError for precision / distributed-strategy combinations that would train wrongly, and for the
+    options ``check_trainer_arguments`` refuses (which the CLI checks sooner, when it builds the Trainer)."""
+    check_trainer_arguments(trainer)
     precision = str(trainer.precision)
     if precision in _FP16:
         raise ConfigurationError(

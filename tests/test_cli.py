@@ -161,6 +161,9 @@ BAD_INPUTS = {
     "dropout above 1": (["--model.strategy.init_args.dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     "zero width": (["--model.strategy.init_args.width", "0"], "width must be >= 1, got 0"),
     "trainer's clipping": (["--trainer.gradient_clip_val", "1.0"], "use --model.gradient_clip_val 1.0 instead"),
+    "negative logging interval": (["--trainer.log_every_n_steps", "-2"], "log_every_n_steps must be >= 0 (0 writes no step values), got -2"),
+    "negative min_epochs": (["--trainer.min_epochs", "-3"], "min_epochs must be >= 0 (or null), got -3"),
+    "gradient accumulation": (["--trainer.accumulate_grad_batches", "4"], "raise --data.batch_size"),
     "trainer's negative clipping": (["--trainer.gradient_clip_val", "-1"], "use --model.gradient_clip_val <a value > 0>"),
     # option combinations
     "vmap with per_block": (["--model.block_execution", "vmap", "--model.backward_mode",
@@ -198,6 +201,16 @@ def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
     assert phrase in err
     assert err.count("error: ") == 1
     assert "usage:" not in err, "one error, not the parser's whole usage"
+
+
+def test_validation_every_0_epochs_is_a_user_error_not_a_crash(tmp_path, capsys):
+    # Lightning takes it and divides by it at the first epoch's end (ZeroDivisionError); fast_dev_run would set it to 1
+    err = user_error(capsys, "fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
+                     *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
+                     "1", "--trainer.default_root_dir", str(tmp_path), "--trainer.check_val_every_n_epoch", "0")  # fmt: skip
+    assert err == ("error: --trainer.check_val_every_n_epoch must be >= 1 (or null to validate by val_check_interval "
+                   "alone), got 0.\n")  # fmt: skip
+    assert not (tmp_path / "lightning_logs").exists() and not list(tmp_path.rglob("*.ckpt")), "a refused run writes nothing"
 
 
 def test_one_batch_is_one_batch(capsys):

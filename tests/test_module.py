@@ -10,7 +10,7 @@ from lightning_noprop.checkpointing import AtomicCheckpointIO, CheckpointMismatc
 from lightning_noprop.nn import LearnedEmbedding, PrototypeEmbedding
 from lightning_noprop.schedules import LearnedSchedule
 from lightning_noprop.strategies import Backprop, NoPropCT, NoPropDT, NoPropFM
-from lightning_noprop.trainer_checks import check_trainer_supports
+from lightning_noprop.trainer_checks import check_trainer_arguments, check_trainer_supports
 
 from .helpers import synthetic_data, tiny_module, trainer
 
@@ -182,7 +182,37 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(tmp_path, mon
 
 
 def _fake_trainer(precision="32-true", strategy=None):
-    return types.SimpleNamespace(precision=precision, strategy=strategy or object())
+    loop = types.SimpleNamespace(min_epochs=None, epoch_loop=types.SimpleNamespace(min_steps=None))
+    return types.SimpleNamespace(precision=precision, strategy=strategy or object(), log_every_n_steps=50,
+                                 check_val_every_n_epoch=1, num_sanity_val_steps=2, fit_loop=loop,
+                                 accumulate_grad_batches=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [
+        ("log_every_n_steps", -2, "log_every_n_steps must be >= 0"),  # Lightning logs it as if it were 2
+        ("check_val_every_n_epoch", 0, "check_val_every_n_epoch must be >= 1"),  # Lightning: ZeroDivisionError
+        ("num_sanity_val_steps", -5, "num_sanity_val_steps must be >= -1"),
+        ("min_epochs", -3, "min_epochs must be >= 0"),
+    ],
+)
+def test_trainer_options_out_of_range_are_refused_through_the_python_api(option, value, phrase, tmp_path):
+    from lightning_noprop.errors import ConfigurationError
+
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, **{option: value})
+    with pytest.raises(ConfigurationError, match=phrase):
+        fit.fit(tiny_module(), datamodule=synthetic_data())
+
+
+def test_trainer_options_at_their_bounds_are_accepted_and_accumulation_is_refused():
+    loop = types.SimpleNamespace(min_epochs=0, epoch_loop=types.SimpleNamespace(min_steps=0))
+    edge = types.SimpleNamespace(log_every_n_steps=0, check_val_every_n_epoch=None, num_sanity_val_steps=-1,
+                                 fit_loop=loop, accumulate_grad_batches=1)  # fmt: skip
+    check_trainer_arguments(edge)
+    # Lightning refuses accumulation before setup with advice the CLI replaces (its advice: automatic optimization)
+    with pytest.raises(ValueError, match="raise --data.batch_size"):
+        check_trainer_arguments(types.SimpleNamespace(**{**vars(edge), "accumulate_grad_batches": 2}))
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "16-true"])
