@@ -244,12 +244,23 @@ def restore_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     window = checkpoint["lightning_noprop"].get("log_window")
     if window is not None and module.executor.capture_step:
         module.log_window.load_state_dict(window, module.device)
-    close_finished_epoch(checkpoint)
+    module._resumes_at_epoch_end = close_finished_epoch(checkpoint)
 
 
-def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
+def start_closed_epoch(module: Any) -> None:
+    """At ``on_train_start`` after ``close_finished_epoch`` closed the restored epoch: the next epoch begins afresh,
+    as Lightning begins it when it bounds training by epochs. Under ``max_steps`` Lightning marks every loop
+    restarting, and its epoch loop then spends a first iteration on no batch, taking the restored epoch's finished
+    validation for one still to skip, which counts a batch for the loggers: every later logger step was one ahead."""
+    if getattr(module, "_resumes_at_epoch_end", False):
+        module._resumes_at_epoch_end = False
+        module.trainer.fit_loop.epoch_loop.restarting = False
+
+
+def close_finished_epoch(checkpoint: dict[str, Any]) -> bool:
     """Record a checkpoint written at an epoch's end (``on_train_epoch_end``: processed, not yet completed) as that
-    epoch completed and the next not begun, in the loops' state that Lightning restores after this hook.
+    epoch completed and the next not begun, in the loops' state that Lightning restores after this hook; whether it
+    did (``start_closed_epoch`` then begins the next epoch afresh).
 
     Lightning resumes such a checkpoint correctly only when it bounds training by epochs. Under ``max_steps`` it always
     "restarts" the epoch, finds its batches done and runs the epoch's end a second time: the epoch counter advances
@@ -257,15 +268,16 @@ def close_finished_epoch(checkpoint: dict[str, Any]) -> None:
     """
     loops = checkpoint.get("loops", {}).get("fit_loop")
     if loops is None or not checkpoint["lightning_noprop"].get("epoch_trained", True):
-        return  # e.g. max_steps ended fit within the epoch: Lightning ran its end hooks early, as it does
+        return False  # e.g. max_steps ended fit within the epoch: Lightning ran its end hooks early, as it does
     epochs, batches = loops["epoch_progress"], loops["epoch_loop.batch_progress"]
     current = epochs["current"]
     if not (current["ready"] == current["started"] == current["processed"] == current["completed"] + 1):
-        return  # saved within an epoch (or at its start): Lightning resumes it where it stopped
+        return False  # saved within an epoch (or at its start): Lightning resumes it where it stopped
     for progress in (epochs["current"], epochs["total"]):
         progress["completed"] = progress["processed"]
     batches["current"] = dict.fromkeys(batches["current"], 0)
     batches["is_last_batch"] = False
+    return True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

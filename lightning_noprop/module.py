@@ -12,7 +12,12 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_noprop.checkpointing import check_checkpoint_callbacks, restore_run_state, save_run_state
+from lightning_noprop.checkpointing import (
+    check_checkpoint_callbacks,
+    restore_run_state,
+    save_run_state,
+    start_closed_epoch,
+)
 from lightning_noprop.errors import ConfigurationError
 from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 from lightning_noprop.execution.capture import LogWindow
@@ -251,6 +256,9 @@ class LocalLearningModule(LightningModule):
                 return self.predict_batch(x, self.hparams.validation_inference_steps)
         finally:
             self.strategy.train()
+
+    def on_train_start(self) -> None:
+        start_closed_epoch(self)
 
     def on_train_epoch_end(self) -> None:
         log_skipped_updates(self)

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_noprop.checkpointing import LatestCheckpoint, check_checkpoint_callbacks, config_differences
 from lightning_noprop.errors import ConfigurationError
@@ -70,13 +71,25 @@ def test_last_ckpt_is_the_latest_state_and_resumes_exactly(tmp_path):
 
 def test_a_step_bounded_run_resumes_exactly_from_an_epochs_end(tmp_path):
     """Under max_steps Lightning restarts even a finished epoch: from an epoch's last.ckpt it ran that epoch's end again
-    and stopped, counting two epochs after one (closed by ``close_finished_epoch``). 4 batches of 3 steps an epoch."""
-    steps = ["--trainer.max_steps", "24", *SCHEDULE]
+    and stopped, counting two epochs after one (closed by ``close_finished_epoch``), and then spent an iteration on no
+    batch that the loggers counted, so every later logged step was one ahead (``start_closed_epoch``). 4 batches of 3
+    steps an epoch, step values written every batch."""
+    steps = ["--trainer.max_steps", "24", "--trainer.log_every_n_steps", "1", *SCHEDULE]
     straight, straight_last = fit(tmp_path / "straight", "--trainer.max_epochs", "3", *steps)
     _, first_last = fit(tmp_path / "first", "--trainer.max_epochs", "1", *steps)
     resumed, _ = fit(tmp_path / "resumed", "--trainer.max_epochs", "3", "--ckpt_path", str(first_last), *steps)
     assert resumed.trainer.global_step == straight.trainer.global_step == 24 and resumed.trainer.current_epoch == 2
     assert_same_state(torch.load(straight_last, weights_only=True), resumed)
+
+    def logged(run: str, tag: str) -> list[int]:
+        (path,) = (tmp_path / run).rglob("events.out.tfevents.*")
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        return [event.step for event in events.Scalars(tag)]
+
+    for tag in ("train/loss_step", "train/loss_epoch", "val/acc"):
+        assert logged("straight", tag) == logged("first", tag) + logged("resumed", tag), tag
+    assert logged("resumed", "train/loss_step") == [4, 5, 6, 7]
 
 
 def test_last_ckpt_follows_training_when_val_acc_does_not_improve(tmp_path):
