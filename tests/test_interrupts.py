@@ -57,9 +57,35 @@ def test_a_stopped_run_resumes_exactly(straight, tmp_path, epoch, batch, signum,
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == step
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_trained": loader or 0}]
-    resumed, _ = fit(tmp_path / "resumed", *EPOCHS, *options, "--ckpt_path", str(last))
+    resumed, resumed_last = fit(tmp_path / "resumed", *EPOCHS, *options, "--ckpt_path", str(last))
     assert_same_state(straight, resumed)
     assert resumed.trainer.global_step == straight["global_step"]
+    assert_same_rng(straight, torch.load(resumed_last, weights_only=True))
+
+
+def assert_same_rng(checkpoint, other):
+    """The global generators (which draw validation's noise and the augmentation) stand where they stand in
+    ``checkpoint``: a resumed run drew nothing more or less than the uninterrupted one."""
+    (mine, theirs) = (c["lightning_noprop"]["rng_states"] for c in (checkpoint, other))
+    assert torch.equal(mine["torch"], theirs["torch"]), "torch's CPU generator"
+    assert torch.equal(mine["numpy"][1], theirs["numpy"][1]) and mine["numpy"][2:] == theirs["numpy"][2:], "numpy's"
+    assert mine["python"] == theirs["python"], "Python's"
+
+
+def test_an_augmented_run_stopped_within_an_epoch_resumes_exactly_validation_included(tmp_path, capsys):
+    """The augmentation (random crops and flips) and validation's noise draw from the global generators: the resumed
+    run trains on the same crops and validates on the same draws as the uninterrupted one."""
+    augment = ["--data.augment", "true", "--trainer.val_check_interval", "2"]  # a validation within each epoch too
+    straight_cli, straight_last = fit(tmp_path / "straight", *EPOCHS, *augment)
+    _, last = stop(tmp_path / "stopped", *augment, *signal_at(0, 0))
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    capsys.readouterr()
+    resumed, resumed_last = fit(tmp_path / "resumed", *EPOCHS, *augment, "--ckpt_path", str(last))
+    straight = torch.load(straight_last, weights_only=True)
+    assert_same_state(straight, resumed)
+    assert_same_rng(straight, torch.load(resumed_last, weights_only=True))
+    for key in ("val/loss", "val/acc"):
+        assert torch.equal(resumed.trainer.callback_metrics[key], straight_cli.trainer.callback_metrics[key]), key
 
 
 def test_a_second_ctrl_c_stops_at_once_without_writing(tmp_path):

@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -38,14 +39,23 @@ class ResumableDataLoader(DataLoader):
     Lightning's fetcher reads a batch ahead, so the loader cannot count what was trained; ``batches_trained`` tells it
     (the trainer's count of this epoch's processed batches).
 
+    A pass draws its workers' base seed from the loader's own generator, seeded from the sampler's seed and epoch,
+    not from the global one: the global generator draws the augmentation and validation's noise, and a run resumed
+    within an epoch begins its pass after restoring it, where the uninterrupted run began it before saving it.
+
     Args:
         batches_trained: returns how many of the current epoch's batches have been trained (0 at an epoch's end:
             the next pass starts an epoch from its first batch).
     """
 
     def __init__(self, *args: Any, batches_trained: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
         self.batches_trained = batches_trained
+
+    def __iter__(self) -> Any:
+        if isinstance(self.sampler, DistributedSampler):
+            self.generator.manual_seed(self.sampler.seed + self.sampler.epoch)
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_trained": self.batches_trained()}
