@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
@@ -43,13 +44,22 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> Tensor:
         raise ValueError(f"images can be converted to 1 or 3 channels, not {channels}")
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+            image = _to_8_bits(image).convert("L" if channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             return pil_to_tensor(image)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ImageFileError(f"{path}: not a readable image ({type(error).__name__}: {error}); predict reads PNG "
                              "and JPEG files (any size, converted to the dataset's channels and size).") from error  # fmt: skip
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (PNG's, modes I;16* and I) scaled to 8 bits (65535 -> 255); PIL's own conversion
+    clips every value above 255 to white. Other modes are PIL's to convert."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = torch.from_numpy(np.asarray(image, dtype=np.int64).copy())
+    return Image.fromarray((values.clamp(0, 65535) / 257).round().to(torch.uint8).numpy())
 
 
 class ImageFiles(Dataset):

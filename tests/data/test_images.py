@@ -28,6 +28,16 @@ def test_a_28x28_grayscale_png_is_read_back_exactly(tmp_path):
     assert torch.equal(read_image(tmp_path / "digit.png", (1, 28, 28)), pixels[None])
 
 
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    # PIL's convert("L") clips a 16-bit image's values above 255 to 255: a digit came out as a white square
+    pixels = torch.randint(0, 256, (28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    deep = Image.fromarray(pixels.numpy().astype(np.uint16) * 257)
+    assert deep.mode.startswith("I;16")
+    deep.save(tmp_path / "digit16.png")
+    assert torch.equal(read_image(tmp_path / "digit16.png", (1, 28, 28)), pixels[None])
+    assert torch.equal(read_image(tmp_path / "digit16.png", (3, 28, 28)), pixels.expand(3, 28, 28))
+
+
 def test_a_folder_is_read_by_image_suffix_in_name_order(tmp_path):
     for name in ("b.PNG", "a.jpeg", "c.png"):
         Image.new("L", (10, 12), 255).save(tmp_path / name, format="PNG" if name.lower().endswith("png") else "JPEG")
