@@ -128,7 +128,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     hint = "pass a .ckpt file written by `python main.py fit`, e.g. logs/<name>/version_<n>/checkpoints/last.ckpt."
     if not path.is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file; {hint}")
+        raise CheckpointError(f"--ckpt_path {path}: " + ("a folder, not a file" if path.is_dir() else "no such file")
+                              + f"; {hint}")  # fmt: skip
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap needs one
         raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (not the zip archive torch.save writes; "
                               f"a truncated or another kind of file): {hint}")  # fmt: skip

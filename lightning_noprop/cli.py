@@ -107,8 +107,13 @@ class NoPropCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except Exception as error:
-            if user_error_behind(error) is not None:  # a refused run leaves no folder behind (a bug's run does)
+            # Lightning checks val_check_interval once it knows an epoch's batches: a wrong option, not a bug
+            option = isinstance(error, ValueError) and "`val_check_interval`" in str(error)
+            refused = ConfigurationError(f"Trainer options:{error}") if option else None
+            if user_error_behind(refused or error) is not None:  # a refused run leaves no folder behind (a bug's does)
                 remove_refused_run_dir(self.trainer, folder)
+            if refused is not None:
+                raise refused from error
             raise
 
     def _before_evaluation(self) -> None:

@@ -138,11 +138,13 @@ class LocalLearningModule(LightningModule):
             block_execution=from_strategy(strategy, "block_execution", "block_execution", block_execution),
             sampler_cuda_graph=from_strategy(strategy, "cuda_graph", "sampler_cuda_graph", sampler_cuda_graph),
         )  # fmt: skip
-        if validation_inference_steps is not None and validation_inference_steps < 1:
-            raise ConfigurationError(f"validation_inference_steps must be >= 1 or None, got {validation_inference_steps}.")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
             raise ConfigurationError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
+        if train_accuracy_every_n_steps < 0:
+            raise ConfigurationError(f"train_accuracy_every_n_steps must be >= 0 (0 disables), got "
+                                     f"{train_accuracy_every_n_steps}.")  # fmt: skip
         strategy.build(num_classes, image_shape)
+        strategy.check_inference_steps(validation_inference_steps, "validation_inference_steps")
         self.executor.prepare(strategy, nonfinite_loss, block_order)
         self.log_window = LogWindow()
         self.strategy = strategy

@@ -79,6 +79,7 @@ def resolve_fit_ckpt_path(trainer: Any, ckpt_path: Any) -> tuple[Any, bool]:
     version) it is empty, and Lightning would start from scratch with a hint to set save_last, which fit refuses
     here. Then this says so, names the newest run's last.ckpt to resume instead, and returns None itself (with which
     Lightning on SLURM resumes its HPC checkpoint, if there is one)."""
+    refuse_best(trainer, ckpt_path, "fit")
     if ckpt_path == "last":
         if last_checkpoints(trainer):
             return ckpt_path, True  # Lightning resumes it
@@ -125,10 +126,24 @@ def check_eval_ckpt_path(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
         newest = newest_run_checkpoint(trainer)
         example = f", e.g. {newest}." if newest else " (fit writes last.ckpt into its run's folder)."
         raise ConfigurationError(f"{subcommand} needs trained weights: pass --ckpt_path with a checkpoint's path{example}")
+    refuse_best(trainer, ckpt_path, subcommand)
     if ckpt_path == "last" and not last_checkpoints(trainer):
         why, other = _no_last(trainer)
         raise ConfigurationError(f"--ckpt_path last: {why}, so there are no trained weights to {subcommand}: pass a "
                                  "checkpoint's path" + (f", e.g. {other}." if other else "."))  # fmt: skip
+
+
+def refuse_best(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
+    """Refuse ``--ckpt_path best``: Lightning's alias for the best checkpoint that a ModelCheckpoint of the same
+    Trainer saved, which a new process has not (Lightning raises a ValueError)."""
+    if ckpt_path != "best":
+        return
+    newest = newest_run_checkpoint(trainer)
+    saved = newest.parent.glob("*.ckpt") if newest else ()
+    best = sorted((path for path in saved if not path.name.startswith("last")), key=lambda path: path.stat().st_mtime)
+    example = f", e.g. {best[-1]}" if best else " (fit writes it beside last.ckpt, in checkpoints/)"
+    raise ConfigurationError(f"--ckpt_path best: {subcommand} in a new process knows no best checkpoint (Lightning's "
+                             f"alias is for one saved by the same Trainer): pass its path{example}.")  # fmt: skip
 
 
 class RunConfig(SaveConfigCallback):

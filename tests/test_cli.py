@@ -156,6 +156,8 @@ BAD_INPUTS = {
     "zero eval batch": (["--data.eval_batch_size", "0"], "eval_batch_size must be >= 1"),
     "negative train size": (["--data.train_size", "-10"], "train_size must be >= 1"),  # [:-10] took all but 10
     "zero test size": (["--data.test_size", "0"], "test_size must be >= 1"),
+    "negative train accuracy interval": (["--model.train_accuracy_every_n_steps", "-1"],
+                                         "train_accuracy_every_n_steps must be >= 0 (0 disables), got -1."),
     "zero validation steps": (["--model.validation_inference_steps", "0"], "validation_inference_steps must be >= 1"),
     "negative epochs": (["--trainer.max_epochs", "-5"], "max_epochs"),
     "dropout above 1": (["--model.strategy.init_args.dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
@@ -176,7 +178,7 @@ BAD_INPUTS = {
     "truncated dataset file": (_truncated_mnist, "corrupt"),
     # checkpoints
     "missing checkpoint": (lambda tmp: ["--ckpt_path", str(tmp / "no.ckpt")], "no such file"),
-    "checkpoint is a folder": (lambda tmp: ["--ckpt_path", str(tmp)], "no such file"),
+    "checkpoint is a folder": (lambda tmp: ["--ckpt_path", str(tmp)], "a folder, not a file; pass a .ckpt file"),
     "garbage checkpoint": (_garbage_checkpoint, "is not a checkpoint"),
     "truncated checkpoint": (_truncated_checkpoint, "is not a checkpoint"),
     "foreign checkpoint": (_foreign_checkpoint, "not written by lightning_noprop"),
@@ -203,14 +205,40 @@ def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
     assert "usage:" not in err, "one error, not the parser's whole usage"
 
 
-def test_validation_every_0_epochs_is_a_user_error_not_a_crash(tmp_path, capsys):
-    # Lightning takes it and divides by it at the first epoch's end (ZeroDivisionError); fast_dev_run would set it to 1
+@pytest.mark.parametrize(("options", "message"), [
+    # Lightning takes it and divides by it at the first epoch's end (ZeroDivisionError)
+    (["--trainer.check_val_every_n_epoch", "0"],
+     "--trainer.check_val_every_n_epoch must be >= 1 (or null to validate by val_check_interval alone), got 0."),
+    # ... and at the first batch
+    (["--trainer.val_check_interval", "0"], ("--trainer.val_check_interval 0: an int counts training batches and "
+                                             "must be >= 1 (a float is a fraction of the epoch, 1.0 its end).")),
+    # Lightning's own message, which it raises once it knows the epoch's batches (here 2)
+    (["--trainer.val_check_interval", "100"], ("Trainer options: `val_check_interval` (100) must be less than or "
+                                               "equal to the number of the training batches (2).")),
+    # NoProp-DT's sampler asserted it in the sanity check
+    (["--model.validation_inference_steps", "3"], "validation_inference_steps must be <= 2, the blocks of NoPropDT, got 3."),
+], ids=["validation every 0 epochs", "validation every 0 batches", "validation after the epoch", "more steps than blocks"])  # fmt: skip
+def test_an_option_lightning_would_crash_on_is_a_user_error(options, message, tmp_path, capsys):
+    # fast_dev_run (the parametrised test above) would set the validation options itself
     err = user_error(capsys, "fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
-                     *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
-                     "1", "--trainer.default_root_dir", str(tmp_path), "--trainer.check_val_every_n_epoch", "0")  # fmt: skip
-    assert err == ("error: --trainer.check_val_every_n_epoch must be >= 1 (or null to validate by val_check_interval "
-                   "alone), got 0.\n")  # fmt: skip
-    assert not (tmp_path / "lightning_logs").exists() and not list(tmp_path.rglob("*.ckpt")), "a refused run writes nothing"
+                     *FAST, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
+                     "1", "--trainer.logger.init_args.save_dir", str(tmp_path), *options)  # fmt: skip
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob("*.ckpt")), "nothing trained, nothing written"
+
+
+def test_ckpt_path_best_in_a_new_process_is_a_user_error(tmp_path, capsys):
+    common = ["--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+              "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", "best"]  # fmt: skip
+    err = user_error(capsys, "test", *common)
+    assert err == ("error: --ckpt_path best: test in a new process knows no best checkpoint (Lightning's alias is for "
+                   "one saved by the same Trainer): pass its path (fit writes it beside last.ckpt, in checkpoints/).\n")
+    run("fit", *common[:-2], "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1")  # fmt: skip
+    (best,) = (path for path in tmp_path.rglob("*.ckpt") if path.name != "last.ckpt")
+    for subcommand in ("validate", "predict", "fit"):
+        assert f"{subcommand} in a new process knows no best checkpoint" in user_error(capsys, subcommand, *common)
+    assert f"pass its path, e.g. {best}." in user_error(capsys, "test", *common)
 
 
 def test_one_batch_is_one_batch(capsys):

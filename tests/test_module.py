@@ -185,7 +185,7 @@ def _fake_trainer(precision="32-true", strategy=None):
     loop = types.SimpleNamespace(min_epochs=None, epoch_loop=types.SimpleNamespace(min_steps=None))
     return types.SimpleNamespace(precision=precision, strategy=strategy or object(), log_every_n_steps=50,
                                  check_val_every_n_epoch=1, num_sanity_val_steps=2, fit_loop=loop,
-                                 accumulate_grad_batches=1)  # fmt: skip
+                                 accumulate_grad_batches=1, val_check_interval=1.0)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -195,6 +195,7 @@ def _fake_trainer(precision="32-true", strategy=None):
         ("check_val_every_n_epoch", 0, "check_val_every_n_epoch must be >= 1"),  # Lightning: ZeroDivisionError
         ("num_sanity_val_steps", -5, "num_sanity_val_steps must be >= -1"),
         ("min_epochs", -3, "min_epochs must be >= 0"),
+        ("val_check_interval", 0, "an int counts training batches and must be >= 1"),  # Lightning: ZeroDivisionError
     ],
 )
 def test_trainer_options_out_of_range_are_refused_through_the_python_api(option, value, phrase, tmp_path):
@@ -208,7 +209,7 @@ def test_trainer_options_out_of_range_are_refused_through_the_python_api(option,
 def test_trainer_options_at_their_bounds_are_accepted_and_accumulation_is_refused():
     loop = types.SimpleNamespace(min_epochs=0, epoch_loop=types.SimpleNamespace(min_steps=0))
     edge = types.SimpleNamespace(log_every_n_steps=0, check_val_every_n_epoch=None, num_sanity_val_steps=-1,
-                                 fit_loop=loop, accumulate_grad_batches=1)  # fmt: skip
+                                 fit_loop=loop, accumulate_grad_batches=1, val_check_interval=1)  # fmt: skip
     check_trainer_arguments(edge)
     # Lightning refuses accumulation before setup with advice the CLI replaces (its advice: automatic optimization)
     with pytest.raises(ValueError, match="raise --data.batch_size"):
@@ -245,6 +246,12 @@ def test_bad_module_options_are_refused():
         tiny_module(backward_mode="sideways")
     with pytest.raises(ValueError, match="gradient_clip_val"):
         tiny_module(gradient_clip_val=0.0)
+    # a block chain stops after that many blocks (NoProp-DT's sampler asserted it; the backprop chain ignored it)
+    for strategy in (NoPropDT(num_blocks=3, width=16), Backprop(num_blocks=3, width=16)):
+        with pytest.raises(ValueError, match=f"validation_inference_steps must be <= 3, the blocks of {type(strategy).__name__}"):
+            tiny_module(strategy=strategy, validation_inference_steps=4)
+    tiny_module(strategy=NoPropDT(num_blocks=3, width=16), validation_inference_steps=3)
+    tiny_module(strategy=NoPropFM(width=16, inference_steps=5), validation_inference_steps=50)  # any sampler grid
 
 
 @pytest.mark.parametrize(("interval", "expected_steps"), [("epoch", 2), ("step", 4)])

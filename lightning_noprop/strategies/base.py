@@ -154,6 +154,21 @@ class Strategy(nn.Module, ABC):
         """
 
     @property
+    def max_inference_steps(self) -> int | None:
+        """The largest ``num_steps`` that ``predict`` takes: a block chain's number of blocks (NoProp-DT, backprop,
+        BWBPF); None where any N >= 1 works (CT/FM's sampler grid) or it does not apply (the plain CNN)."""
+        return getattr(self, "num_blocks", None)
+
+    def check_inference_steps(self, num_steps: int | None, option: str) -> None:
+        """Raise ``ConfigurationError`` unless ``predict`` takes ``num_steps`` (None: the full inference), naming
+        ``option``, the setting that gives it."""
+        limit = self.max_inference_steps
+        if num_steps is not None and num_steps < 1:
+            raise ConfigurationError(f"{option} must be >= 1 or None, got {num_steps}.")
+        if num_steps is not None and limit is not None and num_steps > limit:
+            raise ConfigurationError(f"{option} must be <= {limit}, the blocks of {type(self).__name__}, got {num_steps}.")
+
+    @property
     def capture_graphs(self) -> int:
         """How many differently shaped modules the ``capture_units`` run (one graph each): 1 where every block has
         the same structure (NoProp-DT) or there is one network."""

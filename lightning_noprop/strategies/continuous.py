@@ -106,6 +106,10 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
     def sample(self, x: Tensor, num_steps: int) -> Tensor:
         """The sampler: from z_0 ~ N(0, I) to the final state z_1 (B, d) in ``num_steps`` steps, for x (B, C, H, W)."""
 
+    @property
+    def max_inference_steps(self) -> None:
+        return None  # any grid of N >= 1 steps
+
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:
         """``sample`` on N = ``num_steps`` (default ``inference_steps``) steps, then logits by ``readout``."""
