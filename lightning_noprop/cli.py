@@ -109,8 +109,8 @@ class NoPropCLI(LightningCLI):
         except Exception as error:
             # Lightning checks val_check_interval once it knows an epoch's batches: a wrong option, not a bug
             option = isinstance(error, ValueError) and "`val_check_interval`" in str(error)
-            refused = ConfigurationError(f"Trainer options:{error}") if option else None
-            if user_error_behind(refused or error) is not None:  # a refused run leaves no folder behind (a bug's does)
+            refused = ConfigurationError(f"Trainer options: {str(error).strip()}") if option else None
+            if user_error_behind(refused or error) is not None:  # a run refused before any loop leaves no folder behind
                 remove_refused_run_dir(self.trainer, folder)
             if refused is not None:
                 raise refused from error

@@ -1,4 +1,5 @@
-"""Refuse, at fit start and with an actionable message, trainer settings the manual loop cannot honour."""
+"""Refuse, with an actionable message, trainer settings the manual loop cannot honour or Lightning would take wrongly:
+when the CLI builds the Trainer, and at fit start."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ _TRAINER_MINIMA = (
 def check_trainer_arguments(trainer: Any) -> None:
     """Raise ``ConfigurationError`` for an integer trainer option below its range (``_TRAINER_MINIMA``), and for
     gradient accumulation, which this module's manual optimization cannot do (Lightning's refusal advises automatic
-    optimization, which it cannot use either), and a ``val_check_interval`` of 0 batches. Called when the CLI has
-    built the Trainer, before any run, and at fit's setup (``check_trainer_supports``)."""
+    optimization, which it cannot use either; a Python-API fit meets Lightning's refusal first), and a
+    ``val_check_interval`` of 0. Called when the CLI has built the Trainer, before any run, and at fit's setup
+    (``check_trainer_supports``)."""
     values = {
         "log_every_n_steps": trainer.log_every_n_steps,
         "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
@@ -41,10 +43,12 @@ def check_trainer_arguments(trainer: Any) -> None:
         value = values[name]
         if value is not None and value < minimum:
             raise ConfigurationError(f"--trainer.{name} must be >= {minimum} ({meaning}), got {value}.")
-    interval = trainer.val_check_interval
-    if isinstance(interval, int) and interval < 1:  # Lightning takes 0 and divides by it at the first batch
+    # A time-based interval (a str, timedelta or dict) leaves Trainer.val_check_interval unset. Lightning takes an int
+    # 0 and divides by it at the first batch, and a float 0.0 as one batch.
+    interval = getattr(trainer, "val_check_interval", None)
+    if isinstance(interval, (int, float)) and interval <= 0:
         raise ConfigurationError(f"--trainer.val_check_interval {interval}: an int counts training batches and must be "
-                                 ">= 1 (a float is a fraction of the epoch, 1.0 its end).")  # fmt: skip
+                                 ">= 1, a float is a fraction of the epoch in (0, 1] (1.0 its end).")  # fmt: skip
     if trainer.accumulate_grad_batches != 1:
         raise ConfigurationError(
             f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}: the module steps each block's "

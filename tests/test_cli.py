@@ -211,13 +211,15 @@ def test_a_user_error_is_one_message_without_traceback(case, tmp_path, capsys):
      "--trainer.check_val_every_n_epoch must be >= 1 (or null to validate by val_check_interval alone), got 0."),
     # ... and at the first batch
     (["--trainer.val_check_interval", "0"], ("--trainer.val_check_interval 0: an int counts training batches and "
-                                             "must be >= 1 (a float is a fraction of the epoch, 1.0 its end).")),
+                                             "must be >= 1, a float is a fraction of the epoch in (0, 1] (1.0 its end).")),
+    (["--trainer.val_check_interval", "0.0"], "--trainer.val_check_interval 0.0: an int"),  # Lightning: every batch
     # Lightning's own message, which it raises once it knows the epoch's batches (here 2)
     (["--trainer.val_check_interval", "100"], ("Trainer options: `val_check_interval` (100) must be less than or "
                                                "equal to the number of the training batches (2).")),
     # NoProp-DT's sampler asserted it in the sanity check
     (["--model.validation_inference_steps", "3"], "validation_inference_steps must be <= 2, the blocks of NoPropDT, got 3."),
-], ids=["validation every 0 epochs", "validation every 0 batches", "validation after the epoch", "more steps than blocks"])  # fmt: skip
+], ids=["validation every 0 epochs", "validation every 0 batches", "validation every 0.0 epochs", "validation after the epoch",
+        "more steps than blocks"])  # fmt: skip
 def test_an_option_lightning_would_crash_on_is_a_user_error(options, message, tmp_path, capsys):
     # fast_dev_run (the parametrised test above) would set the validation options itself
     err = user_error(capsys, "fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"],
@@ -225,6 +227,14 @@ def test_an_option_lightning_would_crash_on_is_a_user_error(options, message, tm
                      "1", "--trainer.logger.init_args.save_dir", str(tmp_path), *options)  # fmt: skip
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not list(tmp_path.rglob("*.ckpt")), "nothing trained, nothing written"
+
+
+def test_a_time_based_validation_interval_trains(tmp_path):
+    # Lightning leaves Trainer.val_check_interval unset then: the option checks must not read it
+    cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.val_check_interval", "00:00:10:00")  # fmt: skip
+    assert cli.trainer.global_step == 2 * cli.model.num_optimizers
 
 
 def test_ckpt_path_best_in_a_new_process_is_a_user_error(tmp_path, capsys):
@@ -238,7 +248,7 @@ def test_ckpt_path_best_in_a_new_process_is_a_user_error(tmp_path, capsys):
     (best,) = (path for path in tmp_path.rglob("*.ckpt") if path.name != "last.ckpt")
     for subcommand in ("validate", "predict", "fit"):
         assert f"{subcommand} in a new process knows no best checkpoint" in user_error(capsys, subcommand, *common)
-    assert f"pass its path, e.g. {best}." in user_error(capsys, "test", *common)
+    assert f"pass its path, e.g. {best} (the newest of the run's other checkpoints)." in user_error(capsys, "test", *common)
 
 
 def test_one_batch_is_one_batch(capsys):

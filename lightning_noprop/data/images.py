@@ -58,8 +58,8 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
     clips every value above 255 to white. Other modes are PIL's to convert."""
     if not (image.mode.startswith("I;16") or image.mode == "I"):
         return image
-    values = torch.from_numpy(np.asarray(image, dtype=np.int64).copy())
-    return Image.fromarray((values.clamp(0, 65535) / 257).round().to(torch.uint8).numpy())
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+    return Image.fromarray(np.round(values / 257).astype(np.uint8))
 
 
 class ImageFiles(Dataset):

@@ -39,9 +39,10 @@ class ResumableDataLoader(DataLoader):
     Lightning's fetcher reads a batch ahead, so the loader cannot count what was trained; ``batches_trained`` tells it
     (the trainer's count of this epoch's processed batches).
 
-    A pass draws its workers' base seed from the loader's own generator, seeded from the sampler's seed and epoch,
-    not from the global one: the global generator draws the augmentation and validation's noise, and a run resumed
-    within an epoch begins its pass after restoring it, where the uninterrupted run began it before saving it.
+    A pass draws its workers' base seed from the loader's own generator (seeded from the sampler's seed and epoch;
+    persistent workers keep their first pass's), not from the global one: the global generator draws the augmentation
+    and validation's noise, and a run resumed within an epoch begins its pass after restoring it, where the
+    uninterrupted run began it before saving it. The workers themselves draw nothing (they index tensors).
 
     Args:
         batches_trained: returns how many of the current epoch's batches have been trained (0 at an epoch's end:

@@ -54,10 +54,10 @@ def check_block_parallel(module: Any, world_size: int, trainer: Any = None) -> N
             "--trainer.strategy block_parallel pipelines a chain of blocks across processes, which needs every block "
             "on every batch: set --model.block_order every_batch."
         )
-    if dependency == "chain" and trainer is not None and trainer.val_check_interval != 1.0:
+    if dependency == "chain" and trainer is not None and getattr(trainer, "val_check_interval", None) != 1.0:
         raise ConfigurationError(
             "--trainer.strategy block_parallel drains its pipeline of blocks at the end of each epoch, so it validates "
-            "only there: drop --trainer.val_check_interval (or set it to 1.0)."
+            "only there: drop --trainer.val_check_interval (or set it to 1.0; a time-based one neither)."
         )
 
 

@@ -108,7 +108,8 @@ class ContinuousTimeStrategy(EmbeddingStrategy):
 
     @property
     def max_inference_steps(self) -> None:
-        return None  # any grid of N >= 1 steps
+        """None: the sampler integrates on any grid of N >= 1 steps."""
+        return None
 
     @torch.no_grad()
     def predict(self, x: Tensor, num_steps: int | None = None) -> Prediction:

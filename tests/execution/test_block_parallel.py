@@ -177,3 +177,18 @@ def test_the_cli_trains_block_parallel_on_two_cpu_processes(config, strategy, ex
     checkpoint = torch.load(last, weights_only=True)
     assert len(checkpoint["optimizer_states"]) == checkpoint["lightning_noprop"]["num_optimizers"]
     assert all(state["state"] for state in checkpoint["optimizer_states"])  # every block's optimizer has trained
+
+
+def test_a_pipelined_chain_validates_only_at_an_epochs_end():
+    import types
+
+    from lightning_noprop.module import LocalLearningModule
+    from lightning_noprop.nn import ResNet
+    from lightning_noprop.strategies import BWBPF
+
+    module = LocalLearningModule(BWBPF(ResNet(18, width=4)), backward_mode="per_block")
+    check_block_parallel(module, world_size=2, trainer=types.SimpleNamespace(val_check_interval=1.0))
+    # a time-based interval leaves Trainer.val_check_interval unset: refused as well, not an AttributeError
+    for trainer in (types.SimpleNamespace(val_check_interval=2), types.SimpleNamespace()):
+        with pytest.raises(ConfigurationError, match="validates only there"):
+            check_block_parallel(module, world_size=2, trainer=trainer)
