@@ -27,6 +27,7 @@ from lightning_noprop.reporting import TensorBoardReport
 from lightning_noprop.runs import (
     RunConfig,
     check_eval_ckpt_path,
+    leave_out_unmeasured_monitors,
     new_run_dir,
     remove_refused_run_dir,
     resolve_fit_ckpt_path,
@@ -94,6 +95,7 @@ class NoPropCLI(LightningCLI):
                 f"optimization), so clip there: use --model.gradient_clip_val {value} instead (each optimizer's "
                 "gradient norm, per block)."
             )
+        leave_out_unmeasured_monitors(self.trainer, self.datamodule.hparams.val_size)
         config = self.config_init[self.subcommand]
         config["ckpt_path"], continues = resolve_fit_ckpt_path(self.trainer, config.get("ckpt_path"))
         if continues and config["ckpt_path"] is not None:  # resumes in its own folder, which holds its checkpoints

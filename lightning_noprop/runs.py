@@ -11,9 +11,10 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_noprop.errors import ConfigurationError
+from lightning_noprop.lightning_noise import quiet
 
 
 def checkpoint_dirs(trainer: Any) -> list[Path]:
@@ -144,6 +145,21 @@ def refuse_best(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
     example = f", e.g. {best[-1]} (the newest of the run's other checkpoints)" if best else " (fit writes it beside last.ckpt, in checkpoints/)"
     raise ConfigurationError(f"--ckpt_path best: {subcommand} in a new process knows no best checkpoint (Lightning's "
                              f"alias is for one saved by the same Trainer): pass its path{example}.")  # fmt: skip
+
+
+def leave_out_unmeasured_monitors(trainer: Any, val_size: int) -> None:
+    """With validation off (``--data.val_size 0`` or ``--trainer.limit_val_batches 0``), leave out the checkpoint
+    callbacks that monitor a ``val/`` metric: they would warn at every epoch that it is missing and write nothing.
+    last.ckpt (``LatestCheckpoint``, which monitors nothing) is still written."""
+    if val_size != 0 and trainer.limit_val_batches != 0:
+        return
+    unmeasured = [c for c in trainer.checkpoint_callbacks if str(getattr(c, "monitor", None)).startswith("val/")]
+    for callback in unmeasured:
+        trainer.callbacks.remove(callback)
+    if unmeasured:
+        quiet((r"Total length of `.*` across ranks is zero",))  # Lightning's note on the empty validation loader
+        rank_zero_info(f"Validation is off, so the {len(unmeasured)} checkpoint callback(s) monitoring "
+                       f"{sorted({c.monitor for c in unmeasured})} are left out; last.ckpt is still written.")  # fmt: skip
 
 
 class RunConfig(SaveConfigCallback):

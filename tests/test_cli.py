@@ -229,6 +229,33 @@ def test_an_option_lightning_would_crash_on_is_a_user_error(options, message, tm
     assert not list(tmp_path.rglob("*.ckpt")), "nothing trained, nothing written"
 
 
+@pytest.mark.parametrize("off", [["--data.val_size", "0"], ["--trainer.limit_val_batches", "0"]], ids=["no split", "no batches"])
+def test_with_validation_off_no_best_checkpoint_is_monitored(off, tmp_path):
+    import logging
+    import warnings
+
+    from lightning_utilities.core import rank_zero
+
+    heard = []
+    handler = logging.Handler()
+    handler.emit = heard.append
+    rank_zero.log.addHandler(handler)  # where Lightning's rank_zero_info writes
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
+                      "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                      "--trainer.logger.init_args.save_dir", str(tmp_path), *off)  # fmt: skip
+    finally:
+        rank_zero.log.removeHandler(handler)
+    noted = [str(w.message) for w in caught if "monitored key" in str(w.message) or "across ranks is zero" in str(w.message)]
+    assert not noted, "Lightning's warning at every epoch that val/acc is missing"
+    said = "Validation is off, so the 1 checkpoint callback(s) monitoring ['val/acc'] are left out; last.ckpt is still"
+    assert any(record.getMessage().startswith(said) for record in heard)
+    assert not [c for c in cli.trainer.checkpoint_callbacks if c.monitor]
+    assert [p.name for p in tmp_path.rglob("*.ckpt")] == ["last.ckpt"]
+
+
 def test_a_time_based_validation_interval_trains(tmp_path):
     # Lightning leaves Trainer.val_check_interval unset then: the option checks must not read it
     cli = run("fit", "--config", str(REPO / "configs/noprop_dt.yaml"), *SMALL["configs/noprop_dt.yaml"], *FAST,
