@@ -142,7 +142,8 @@ def refuse_best(trainer: Any, ckpt_path: Any, subcommand: str) -> None:
     newest = newest_run_checkpoint(trainer)
     saved = newest.parent.glob("*.ckpt") if newest else ()
     best = sorted((path for path in saved if not path.name.startswith("last")), key=lambda path: path.stat().st_mtime)
-    example = f", e.g. {best[-1]} (the newest of the run's other checkpoints)" if best else " (fit writes it beside last.ckpt, in checkpoints/)"
+    example = (f", e.g. {best[-1]} (the newest of the run's other checkpoints)" if best
+               else " (fit writes it beside last.ckpt, in checkpoints/)")  # fmt: skip
     raise ConfigurationError(f"--ckpt_path best: {subcommand} in a new process knows no best checkpoint (Lightning's "
                              f"alias is for one saved by the same Trainer): pass its path{example}.")  # fmt: skip
 

@@ -144,7 +144,8 @@ class ImageDataModule(LightningDataModule):
             "worker_init_fn": ignore_stop_signals,  # a stop signal is the main process's to act on
         }
         if not shuffle:  # its own generator, as ResumableDataLoader: a pass draws nothing from the global one
-            return DataLoader(dataset, sampler=self._evaluation_sampler(dataset), generator=torch.Generator(), **options)
+            return DataLoader(dataset, sampler=self._evaluation_sampler(dataset), generator=torch.Generator(),
+                              **options)  # fmt: skip
         # BatchNorm cannot train on a batch of one sample.
         drop_last = len(dataset) % batch_size == 1
         return ResumableDataLoader(dataset, sampler=self._training_sampler(dataset, batch_size), drop_last=drop_last,
