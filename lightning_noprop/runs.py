@@ -154,13 +154,14 @@ def leave_out_unmeasured_monitors(trainer: Any, val_size: int) -> None:
     last.ckpt (``LatestCheckpoint``, which monitors nothing) is still written."""
     if val_size != 0 and trainer.limit_val_batches != 0:
         return
-    unmeasured = [c for c in trainer.checkpoint_callbacks if str(getattr(c, "monitor", None)).startswith("val/")]
+    unmeasured = [c for c in trainer.checkpoint_callbacks if (c.monitor or "").startswith("val/")]
     for callback in unmeasured:
         trainer.callbacks.remove(callback)
     if unmeasured:
         quiet((r"Total length of `.*` across ranks is zero",))  # Lightning's note on the empty validation loader
-        rank_zero_info(f"Validation is off, so the {len(unmeasured)} checkpoint callback(s) monitoring "
-                       f"{sorted({c.monitor for c in unmeasured})} are left out; last.ckpt is still written.")  # fmt: skip
+        monitors = sorted({c.monitor for c in unmeasured})
+        rank_zero_info(f"Validation is off, so the {len(unmeasured)} checkpoint callback(s) monitoring {monitors} are "
+                       "left out; last.ckpt is still written.")  # fmt: skip
 
 
 class RunConfig(SaveConfigCallback):

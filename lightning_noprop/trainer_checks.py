@@ -15,32 +15,24 @@ from lightning_noprop.execution.block_parallel import BlockParallelStrategy
 _FP16 = ("16-mixed", "16-true", "16")
 
 
-# (option, the smallest value Lightning gives a meaning, what the values mean): Lightning accepts values below it
-# silently (a negative log_every_n_steps logs as if positive) or fails mid-run (check_val_every_n_epoch 0 divides by 0).
-_TRAINER_MINIMA = (
-    ("log_every_n_steps", 0, "0 writes no step values"),
-    ("check_val_every_n_epoch", 1, "or null to validate by val_check_interval alone"),
-    ("num_sanity_val_steps", -1, "-1 runs the whole validation set, 0 none"),
-    ("min_epochs", 0, "or null"),
-    ("min_steps", 0, "or null"),
-)
-
-
 def check_trainer_arguments(trainer: Any) -> None:
-    """Raise ``ConfigurationError`` for an integer trainer option below its range (``_TRAINER_MINIMA``), and for
+    """Raise ``ConfigurationError`` for an integer trainer option below its range, and for
     gradient accumulation, which this module's manual optimization cannot do (Lightning's refusal advises automatic
     optimization, which it cannot use either; a Python-API fit meets Lightning's refusal first), and a
     ``val_check_interval`` of 0. Called when the CLI has built the Trainer, before any run, and at fit's setup
     (``check_trainer_supports``)."""
-    values = {
-        "log_every_n_steps": trainer.log_every_n_steps,
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        "num_sanity_val_steps": trainer.num_sanity_val_steps,
-        "min_epochs": trainer.fit_loop.min_epochs,
-        "min_steps": trainer.fit_loop.epoch_loop.min_steps,
-    }
-    for name, minimum, meaning in _TRAINER_MINIMA:
-        value = values[name]
+    # (option, its value, the smallest value Lightning gives a meaning, what the values mean): Lightning accepts values
+    # below it silently (a negative log_every_n_steps logs as if positive) or fails mid-run (check_val_every_n_epoch 0
+    # divides by 0).
+    minima = (
+        ("log_every_n_steps", trainer.log_every_n_steps, 0, "0 writes no step values"),
+        ("check_val_every_n_epoch", trainer.check_val_every_n_epoch, 1,
+         "or null to validate by val_check_interval alone"),
+        ("num_sanity_val_steps", trainer.num_sanity_val_steps, -1, "-1 runs the whole validation set, 0 none"),
+        ("min_epochs", trainer.fit_loop.min_epochs, 0, "or null"),
+        ("min_steps", trainer.fit_loop.epoch_loop.min_steps, 0, "or null"),
+    )
+    for name, value, minimum, meaning in minima:
         if value is not None and value < minimum:
             raise ConfigurationError(f"--trainer.{name} must be >= {minimum} ({meaning}), got {value}.")
     # A time-based interval (a str, timedelta or dict) leaves Trainer.val_check_interval unset. Lightning takes an int
